@@ -1,0 +1,66 @@
+"""Files of a run directory other than checkpoints and metrics, written atomically.
+
+- ``config.json``: the Config of the run (see experiments.config);
+- ``summary.json``: the final numbers (see experiments.summary);
+- ``final_table.npz``: the learned per-example table at the end of training, one row per
+  training example, with the labels needed to analyse it. Keys:
+    ``aug_p`` (N|1, K), ``aug_m`` (N|1, K) augmentation probability / magnitude logits,
+    ``loss_w`` (N,) loss-weight logits, ``soft`` (N, C) soft-label logits (each only when
+    the method learns it); ``given_labels`` (N,), ``clean_labels`` (N,), ``noisy`` (N,)
+    bool, ``train_index`` (N,); scalars ``num_classes``, ``method``; ``op_names`` (K,).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+TABLE_FILE = "final_table.npz"
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically (temp file + rename)."""
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_final_table(workdir: str, fields: Mapping[str, np.ndarray], **labels: Any) -> str:
+    """Writes ``final_table.npz`` atomically; returns its path."""
+    arrays = {k: np.asarray(v) for k, v in fields.items()}
+    arrays.update({k: np.asarray(v) for k, v in labels.items()})
+    path = os.path.join(workdir, TABLE_FILE)
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+def load_final_table(workdir: str) -> dict[str, np.ndarray]:
+    """Reads ``final_table.npz`` into a dict of arrays (scalars as 0-d arrays)."""
+    path = os.path.join(workdir, TABLE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

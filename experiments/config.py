@@ -1,0 +1,284 @@
+"""Experiment configuration: one frozen dataclass, its defaults, and its validation.
+
+`Config` holds every setting of `experiments.train`; the absl flags of `train.py` are
+generated from its fields, so the flag names, defaults and help text live here only.
+Validation has two stages, both run before anything is written to the workdir:
+
+- `static_errors(config)`: the settings alone (ranges, choices, combinations);
+- `data_errors(config, ...)`: settings against the loaded data (image size, sizes of the
+  train/validation sets, divisibility by the number of devices).
+
+Each error is one line naming the flag and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Any, Mapping
+
+# ---------------------------------------------------------------------------------------
+# Methods
+
+#: What each method trains on and what it learns.
+#:   host: host-side augmentation ("standard" = the dataset's crop/flip, "colour" = the
+#:         dataset's colour subset of RandAugment, applied only if --colour_policy).
+#:   learn: fields of the per-example table learned by hyper steps ("" = no hyper steps).
+#:   shared: the augmentation row is shared by the whole dataset (lambda^A_SHA).
+#:   train_on: "train" | "val" | "train+val".
+METHODS: dict[str, dict[str, Any]] = {
+    "none": dict(host="none", learn="", shared=False, train_on="train"),
+    "crop_flip": dict(host="standard", learn="", shared=False, train_on="train"),
+    "randaugment": dict(host="randaugment", learn="", shared=False, train_on="train"),
+    "fast_aa": dict(host="fast_aa", learn="", shared=False, train_on="train"),
+    "dada": dict(host="dada", learn="", shared=False, train_on="train"),
+    "autodo_sha": dict(host="colour", learn="A", shared=True, train_on="train"),
+    "autodo_a": dict(host="colour", learn="A", shared=False, train_on="train"),
+    "autodo_aw": dict(host="colour", learn="AW", shared=False, train_on="train"),
+    "autodo_aws": dict(host="colour", learn="AWS", shared=False, train_on="train"),
+    "val_only": dict(host="standard", learn="", shared=False, train_on="val"),
+    "train_plus_val": dict(host="standard", learn="", shared=False, train_on="train+val"),
+}
+
+MODELS = ("lenet", "small_cnn", "mnist_resnet", "resnet18", "wrn28_2", "wrn28_10")
+SOLVERS = ("neumann", "identity", "cg", "nystrom")
+CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
+ABLATIONS = ("none", "overfit", "oversplit")
+TRISTATE = ("auto", "true", "false")
+DTYPES = ("float32", "bfloat16")
+HYPER_OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+def learns(method: str, field: str) -> bool:
+    """Whether `method` learns table field "A" (augmentation), "W" (weights) or "S"."""
+    return field in METHODS[method]["learn"]
+
+
+def has_hyper_steps(method: str) -> bool:
+    return bool(METHODS[method]["learn"])
+
+
+# ---------------------------------------------------------------------------------------
+# The configuration
+
+
+def _f(default, help_text: str, **meta):
+    return dataclasses.field(default=default, metadata=dict(help=help_text, **meta))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All settings of one run. Field metadata: `help`, optional `choices`."""
+
+    # data
+    dataset: str = _f("mnist5k", "mnist5k (embedded, offline) or a TFDS image-classification name.")
+    data_dir: str = _f("", "TFDS data directory ('' = TFDS default).")
+    imbalance_ratio: float = _f(10.0, "IR >= 1: classes C/2..C-1 keep 1/IR as many examples.")
+    noise_ratio: float = _f(0.2, "NR in [0, 1): fraction of train labels replaced at random.")
+    subsample_ratio: float = _f(1.0, "SR in (0, 1]: fraction of the train pool kept.")
+    ablation: str = _f("none", "none | overfit (val batches from test) | oversplit (val = train).",
+                       choices=ABLATIONS)
+    val_size: int = _f(0, "Clean validation examples (0 = the dataset's default).")
+    # model and method
+    model: str = _f("small_cnn", "Classifier.", choices=MODELS)
+    method: str = _f("autodo_aws", "Training method.", choices=tuple(METHODS))
+    compute_dtype: str = _f("float32", "Compute dtype of the model.", choices=DTYPES)
+    # inner optimisation
+    epochs: int = _f(60, "Training epochs.")
+    batch_size: int = _f(32, "Global train batch size.")
+    eval_batch_size: int = _f(512, "Global evaluation batch size.")
+    learning_rate: float = _f(0.05, "Peak SGD learning rate.")
+    momentum: float = _f(0.9, "SGD Nesterov momentum.")
+    weight_decay: float = _f(1e-4, "SGD weight decay.")
+    warmup_epochs: float = _f(5.0, "Linear warm-up epochs from lr/10, then cosine to lr*1e-3.")
+    # hyper optimisation
+    hyper_start_epoch: int = _f(15, "First epoch (0-based) that runs a pass of hyper steps.")
+    hyper_batch_size: int = _f(256, "Global hyper batch size (train and validation batch).")
+    hyper_steps_per_epoch: int = _f(
+        0, "Hyper steps per hyper epoch (0 = one pass over the train rows at the hyper batch).")
+    hyper_lr: float = _f(0.05, "Peak learning rate of the table optimizer (warm-up + cosine).")
+    hyper_optimizer: str = _f("rmsprop", "Row optimizer of the tables.", choices=HYPER_OPTIMIZERS)
+    solver: str = _f("neumann", "Inverse-curvature solver.", choices=SOLVERS)
+    solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank).")
+    neumann_alpha: float = _f(0.01, "Neumann step alpha.")
+    neumann_scale: str = _f("ift", "Neumann scale: ift (exact) | original (no alpha prefactor).",
+                            choices=("ift", "original"))
+    curvature: str = _f("hessian", "Curvature of the inner problem.", choices=CURVATURES)
+    symmetric_kl: str = _f("auto", "Symmetric KL for soft labels (auto = when IR != 1 or NR > 0).",
+                           choices=TRISTATE)
+    colour_policy: bool = _f(True, "autodo_* methods: apply the dataset's colour subset policy on the host.")
+    upsample: int = _f(1, "Super-sampling factor of the learned warp (the original: 4).")
+    # run control
+    seed: int = _f(0, "Seed of everything (split, init, order, augmentation).")
+    checkpoint_every: int = _f(5, "Checkpoint every this many epochs (and at the end).")
+    max_steps_per_epoch: int = _f(0, "Cap on steps of each pass (0 = no cap; for smoke tests).")
+    eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
+    log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
+    num_devices: int = _f(0, "Devices of the data mesh (0 = all).")
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Fields that do not change results: they may differ between a run and its resume.
+NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every")
+
+
+def field_specs() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Config))
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """Builds a Config from a mapping, refusing unknown keys (TypeError names them)."""
+    names = {f.name for f in field_specs()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
+    return Config(**dict(values))
+
+
+# ---------------------------------------------------------------------------------------
+# Derived values
+
+
+def symmetric_kl(config: Config) -> bool:
+    if config.symmetric_kl != "auto":
+        return config.symmetric_kl == "true"
+    return config.imbalance_ratio != 1.0 or config.noise_ratio > 0.0
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def result_key(config: Config) -> dict[str, Any]:
+    """The fields that determine the results (config.json comparison on resume)."""
+    d = config.to_dict()
+    for name in NON_RESULT_FIELDS:
+        d.pop(name)
+    return d
+
+
+def default_workdir(config: Config) -> str:
+    """./workdirs/<dataset>_<method>_ir<IR>_nr<NR>_s<seed>[_<hash of other non-defaults>]."""
+    name = (f"{config.dataset}_{config.method}_ir{_number(config.imbalance_ratio)}"
+            f"_nr{_number(config.noise_ratio)}_s{config.seed}")
+    named = {"dataset", "method", "imbalance_ratio", "noise_ratio", "seed"}
+    base = result_key(Config())
+    others = {k: v for k, v in result_key(config).items() if k not in named and base[k] != v}
+    if others:
+        digest = hashlib.sha1(json.dumps(others, sort_keys=True).encode()).hexdigest()[:8]
+        name += "_" + digest
+    return os.path.join("workdirs", name)
+
+
+def config_mismatch(saved: Mapping[str, Any], config: Config) -> list[str]:
+    """Result-relevant fields where a saved config.json differs from `config`."""
+    current = result_key(config)
+    diffs = []
+    for key in sorted(set(current) | (set(saved) - set(NON_RESULT_FIELDS))):
+        if key in NON_RESULT_FIELDS:
+            continue
+        if saved.get(key, "<missing>") != current.get(key, "<missing>"):
+            diffs.append(f"{key}: workdir has {saved.get(key, '<missing>')!r}, "
+                         f"flags give {current.get(key, '<missing>')!r}")
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+def static_errors(config: Config) -> list[str]:
+    """Errors found from the settings alone; one line each, naming the flag."""
+    c, errs = config, []
+
+    def need(ok: bool, flag: str, allowed: str):
+        if not ok:
+            errs.append(f"--{flag}={getattr(c, flag)!r}: {allowed}")
+
+    for f in field_specs():
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            need(getattr(c, f.name) in choices, f.name, f"allowed: {', '.join(choices)}")
+    need(bool(c.dataset), "dataset", "must name a dataset (mnist5k or a TFDS name)")
+    need(math.isfinite(c.imbalance_ratio) and c.imbalance_ratio >= 1, "imbalance_ratio",
+         "allowed: a number >= 1")
+    need(0 <= c.noise_ratio < 1, "noise_ratio", "allowed: 0 <= NR < 1")
+    need(0 < c.subsample_ratio <= 1, "subsample_ratio", "allowed: 0 < SR <= 1")
+    need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
+    need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
+    for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",
+                 "checkpoint_every", "upsample"):
+        need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
+    for name in ("learning_rate", "hyper_lr", "neumann_alpha"):
+        v = getattr(c, name)
+        need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")
+    need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
+    need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
+         "allowed: a finite number >= 0")
+    need(0 <= c.warmup_epochs <= c.epochs, "warmup_epochs", "allowed: 0 <= warm-up <= --epochs")
+    for name in ("hyper_steps_per_epoch", "max_steps_per_epoch", "eval_limit", "log_every",
+                 "num_devices", "seed", "hyper_start_epoch"):
+        need(getattr(c, name) >= 0, name, "allowed: an integer >= 0")
+    if errs or c.method not in METHODS:
+        return errs
+    # combinations
+    hyper = has_hyper_steps(c.method)
+    if hyper:
+        need(c.hyper_start_epoch < c.epochs, "hyper_start_epoch",
+             f"must be < --epochs={c.epochs} for --method={c.method} (else no hyper step runs)")
+    if c.symmetric_kl != "auto" and not learns(c.method, "S"):
+        errs.append(f"--symmetric_kl={c.symmetric_kl}: only applies to methods that learn soft "
+                    f"labels (autodo_aws), not --method={c.method}; leave it at auto")
+    if c.upsample != 1 and not learns(c.method, "A"):
+        errs.append(f"--upsample={c.upsample}: only applies to the learned warp of autodo_* "
+                    f"methods, not --method={c.method}")
+    train_on = METHODS[c.method]["train_on"]
+    if train_on != "train":
+        need(c.ablation == "none", "ablation",
+             f"only 'none' with --method={c.method} (it uses the validation split for training)")
+    if c.ablation == "overfit" and not hyper:
+        errs.append(f"--ablation=overfit: only changes the hyper steps' validation batches; "
+                    f"--method={c.method} has none")
+    return errs
+
+
+def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: int,
+                num_train: int, num_val: int, num_test: int, num_devices: int,
+                model_error: str | None = None) -> list[str]:
+    """Errors of the settings against the data and devices; one line each."""
+    c, errs = config, []
+    if model_error:
+        errs.append(f"--model={c.model}: does not fit --dataset={c.dataset} images of shape "
+                    f"{tuple(image_shape)}: {model_error}")
+    if num_classes < 2:
+        errs.append(f"--dataset={c.dataset}: needs >= 2 classes, has {num_classes}")
+    if c.imbalance_ratio != 1 and num_classes < 2:
+        errs.append(f"--imbalance_ratio={c.imbalance_ratio}: needs >= 2 classes")
+    rows = {"train": num_train, "val": num_val, "train+val": num_train + num_val}[
+        METHODS[c.method]["train_on"]]
+    if c.batch_size > rows:
+        errs.append(f"--batch_size={c.batch_size}: larger than the {rows} training examples of "
+                    f"--method={c.method} (after IR/NR/SR); allowed: <= {rows}")
+    if has_hyper_steps(c.method):
+        if c.hyper_batch_size > num_train:
+            errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {num_train} "
+                        f"train rows; allowed: <= {num_train}")
+        val_rows = {"none": num_val, "overfit": num_test, "oversplit": num_train}[c.ablation]
+        if c.hyper_batch_size > val_rows:
+            errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {val_rows} "
+                        f"validation examples; allowed: <= {val_rows}")
+    if c.num_devices > num_devices:
+        errs.append(f"--num_devices={c.num_devices}: only {num_devices} devices are visible")
+    n = c.num_devices or num_devices
+    names = ["batch_size", "eval_batch_size"] + (["hyper_batch_size"] if has_hyper_steps(c.method) else [])
+    for name in names:
+        if getattr(c, name) % n:
+            errs.append(f"--{name}={getattr(c, name)}: must be a multiple of the {n} devices")
+    return errs

@@ -1,0 +1,184 @@
+"""Mean ± std tables over finished runs, in the paper's layout.
+
+Reads every run directory (one holding ``summary.json`` and ``config.json``) found under
+the given paths, groups runs by (dataset, model), and prints for each group a table with
+one row per method and one column per "IR-NR" setting; a cell is the mean ± sample std
+over seeds (and the number of runs). By default the cell is the top-1 test *error* in %
+like the paper; ``--accuracy`` prints accuracy instead.
+
+  python -m experiments.results workdirs/ --metric=final --csv=results.csv
+
+Metrics: ``final`` (last epoch), ``val_selected`` (epoch of the best validation
+accuracy), ``best_on_test`` (best test accuracy over epochs: the paper's protocol),
+``minority`` (final accuracy on classes C/2..C-1), ``weight_auc``, ``soft_fixed``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from experiments.config import METHODS
+
+METRIC_KEYS = {
+    "final": "test_accuracy_final",
+    "val_selected": "test_accuracy_val_selected",
+    "best_on_test": "test_accuracy_best_on_test_paper_protocol",
+    "minority": "minority_accuracy_final",
+    "weight_auc": "weight_auc_clean_vs_noisy",
+    "soft_fixed": "soft_label_noisy_fixed_fraction",
+}
+#: Metrics that are accuracies (shown as error % unless --accuracy).
+ACCURACY_METRICS = ("final", "val_selected", "best_on_test", "minority")
+METHOD_LABELS = {
+    "none": "Baseline", "crop_flip": "Crop/flip", "randaugment": "RAA", "fast_aa": "FAA",
+    "dada": "DADA", "autodo_sha": "λ^A_SHA", "autodo_a": "λ^A", "autodo_aw": "λ^{A,W}",
+    "autodo_aws": "λ^{A,W,S}", "val_only": "Val only", "train_plus_val": "Train+val",
+}
+
+
+def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Every run under `paths`: ``{"dir", "config", "summary"}``, sorted by directory."""
+    dirs = set()
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such file or directory: {path}")
+        for root, _, files in os.walk(path):
+            if "summary.json" in files and "config.json" in files:
+                dirs.add(root)
+    runs = []
+    for d in sorted(dirs):
+        with open(os.path.join(d, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(d, "summary.json")) as f:
+            summary = json.load(f)
+        runs.append({"dir": d, "config": config, "summary": summary})
+    return runs
+
+
+def _setting(config: dict[str, Any]) -> str:
+    def num(x):
+        return str(int(x)) if float(x).is_integer() else f"{float(x):g}"
+    return f"{num(config['imbalance_ratio'])}-{float(config['noise_ratio']):.1f}"
+
+
+def _cell_value(summary: dict[str, Any], metric: str, accuracy: bool) -> float | None:
+    v = summary.get(METRIC_KEYS[metric])
+    if v is None:
+        return None
+    v = float(v)
+    if metric in ACCURACY_METRICS:
+        return 100.0 * v if accuracy else 100.0 * (1.0 - v)
+    return v
+
+
+def build_tables(runs: Sequence[dict[str, Any]], metric: str = "final",
+                 accuracy: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """Groups runs into tables.
+
+    Returns:
+      {(dataset, model): {"columns": [IR-NR...], "rows": [(method, {column: values})]}}
+      where values is the list of per-run numbers of that cell.
+    """
+    if metric not in METRIC_KEYS:
+        raise ValueError(f"metric must be one of {sorted(METRIC_KEYS)}, got {metric!r}")
+    groups: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
+    for run in runs:
+        cfg = run["config"]
+        v = _cell_value(run["summary"], metric, accuracy)
+        if v is None:
+            continue
+        cells = groups.setdefault((cfg["dataset"], cfg["model"]), {})
+        cells.setdefault(cfg["method"], {}).setdefault(_setting(cfg), []).append(v)
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = {}
+    for key, cells in sorted(groups.items()):
+        columns = sorted({c for row in cells.values() for c in row},
+                         key=lambda s: (float(s.split("-")[1]), float(s.split("-")[0])))
+        rows = sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order)))
+        out[key] = {"columns": columns, "rows": rows}
+    return out
+
+
+def format_cell(values: Sequence[float] | None, digits: int = 1) -> str:
+    if not values:
+        return "–"
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (1)"
+    std = float(np.std(values, ddof=1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
+
+
+def to_markdown(tables, metric: str, accuracy: bool) -> str:
+    what = (("accuracy %" if accuracy else "error %") if metric in ACCURACY_METRICS else metric)
+    digits = 1 if metric in ACCURACY_METRICS else 3
+    lines = []
+    for (dataset, model), t in tables.items():
+        lines.append(f"### {dataset}, {model}: top-1 test {what} ({metric}); "
+                     "columns IR-NR; mean ± std (runs)")
+        lines.append("| method | " + " | ".join(t["columns"]) + " |")
+        lines.append("|---|" + "---|" * len(t["columns"]))
+        for method, cells in t["rows"]:
+            label = METHOD_LABELS.get(method, method)
+            lines.append(f"| {label} | " + " | ".join(
+                format_cell(cells.get(c), digits) for c in t["columns"]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_csv(tables, metric: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset", "model", "metric", "method", "setting", "mean", "std", "runs"])
+    for (dataset, model), t in tables.items():
+        for method, cells in t["rows"]:
+            for c in t["columns"]:
+                vals = cells.get(c)
+                if not vals:
+                    continue
+                std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+                w.writerow([dataset, model, metric, method, c, f"{np.mean(vals):.4f}",
+                            f"{std:.4f}", len(vals)])
+    return buf.getvalue()
+
+
+def _define_flags() -> None:
+    """Flags exist only when run as a program (importing this module defines none)."""
+    flags.DEFINE_enum("metric", "final", list(METRIC_KEYS), "Which number each cell shows.")
+    flags.DEFINE_bool("accuracy", False, "Show accuracy % instead of error % (the paper's).")
+    flags.DEFINE_string("csv", "", "Also write the table as CSV to this path.")
+    flags.DEFINE_string("markdown", "", "Also write the Markdown table to this path.")
+
+
+def main(argv: Sequence[str]) -> None:
+    FLAGS = flags.FLAGS  # noqa: N806
+    paths = argv[1:] or ["workdirs"]
+    try:
+        runs = find_runs(paths)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not runs:
+        print(f"error: no finished run (summary.json + config.json) under {paths}", file=sys.stderr)
+        sys.exit(1)
+    tables = build_tables(runs, FLAGS.metric, FLAGS.accuracy)
+    md = to_markdown(tables, FLAGS.metric, FLAGS.accuracy)
+    print(md)
+    text = to_csv(tables, FLAGS.metric)
+    print(text)
+    for path, content in ((FLAGS.markdown, md), (FLAGS.csv, text)):
+        if path:
+            with open(path, "w") as f:
+                f.write(content)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

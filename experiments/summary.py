@@ -1,0 +1,174 @@
+"""Summary metrics of a finished run (pure NumPy).
+
+- accuracies: per class, minority classes (labels >= C/2, the classes shrunk by IR);
+- model selection over the per-epoch history: final epoch, validation-selected, and
+  best-on-test (the protocol of the paper's tables: best test accuracy over epochs);
+- where the truth is known: AUC of the learned loss weights for clean vs noisy examples,
+  and the fraction of noisy examples whose soft label's argmax is the clean label.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
+
+    Args:
+      scores: (n,) real scores.
+      positive: (n,) bool labels.
+
+    Returns:
+      AUC in [0, 1], or nan when either class is empty.
+    """
+    scores = np.asarray(scores, np.float64).ravel()
+    positive = np.asarray(positive, bool).ravel()
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores {scores.shape} and positive {positive.shape} differ in shape")
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), np.float64)
+    # average ranks (1-based) over runs of tied scores
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = 0.5 * (s + 1 + e)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) accuracy of each class (nan for a class without examples)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    correct = np.bincount(labels, weights=(predictions == labels), minlength=num_classes)
+    count = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+
+
+def minority_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Accuracy over the examples of classes C/2..C-1 (those shrunk by the imbalance)."""
+    labels = np.asarray(labels)
+    mask = labels >= num_classes // 2
+    if not mask.any():
+        return float("nan")
+    return float(np.mean(np.asarray(predictions)[mask] == labels[mask]))
+
+
+def select(history: Sequence[Mapping[str, Any]], *, has_val: bool = True) -> dict[str, Any]:
+    """Picks the reported epochs from a per-epoch evaluation history.
+
+    Args:
+      history: records with "epoch", "test_accuracy" and (if has_val) "val_accuracy".
+      has_val: False when no held-out validation exists (e.g. train_plus_val).
+
+    Returns:
+      {"final": rec, "val_selected": rec | None, "best_on_test": rec}; ties go to the
+      later epoch.
+    """
+    if not history:
+        raise ValueError("history is empty: no evaluation was recorded")
+    final = history[-1]
+
+    def best(key):
+        return max(reversed(history), key=lambda r: r[key])  # reversed: later wins ties
+
+    return {"final": final,
+            "val_selected": best("val_accuracy") if has_val else None,
+            "best_on_test": best("test_accuracy")}
+
+
+def weight_auc(lambda_w: np.ndarray, noisy: np.ndarray) -> float:
+    """AUC of the learned weights softplus(λ_W)/ln2 for clean (positive) vs noisy rows."""
+    weights = np.logaddexp(0.0, np.asarray(lambda_w, np.float64).reshape(-1)) / np.log(2.0)
+    return auc(weights, ~np.asarray(noisy, bool))
+
+
+def soft_label_stats(soft_logits: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """How the learned soft labels relate to the truth.
+
+    Args:
+      soft_logits: (N, C) learned soft-label logits.
+      given: (N,) training labels (possibly noisy).
+      clean: (N,) true labels.
+
+    Returns:
+      noisy_fixed: fraction of noisy rows (given != clean) whose argmax is the clean label;
+      noisy_kept: fraction of noisy rows whose argmax is still the wrong given label;
+      clean_kept: fraction of clean rows whose argmax is still their label.
+    """
+    arg = np.asarray(soft_logits).argmax(-1)
+    given, clean = np.asarray(given), np.asarray(clean)
+    wrong = given != clean
+
+    def frac(mask, hit):
+        return float(np.mean(hit[mask])) if mask.any() else float("nan")
+
+    return {"noisy_fixed": frac(wrong, arg == clean),
+            "noisy_kept": frac(wrong, arg == given),
+            "clean_kept": frac(~wrong, arg == given)}
+
+
+def _eval_view(rec: Mapping[str, Any] | None, num_classes: int) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    per_class = rec.get("test_per_class")
+    out = {"epoch": rec["epoch"], "test_accuracy": rec["test_accuracy"]}
+    if "val_accuracy" in rec:
+        out["val_accuracy"] = rec["val_accuracy"]
+    if per_class is not None:
+        out["test_per_class"] = per_class
+        minority = rec.get("test_minority_accuracy")
+        out["test_minority_accuracy"] = minority
+    return out
+
+
+def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has_val: bool,
+                  table: Mapping[str, np.ndarray] | None, given: np.ndarray | None,
+                  clean: np.ndarray | None, learned: str, wall_time_s: float,
+                  train_images: int, hyper_images: int, extra: Mapping[str, Any] = ()) -> dict[str, Any]:
+    """The content of summary.json (plain JSON types, nan as None)."""
+    chosen = select(history, has_val=has_val)
+    out: dict[str, Any] = {
+        "test_accuracy_final": chosen["final"]["test_accuracy"],
+        "test_accuracy_val_selected": (chosen["val_selected"] or {}).get("test_accuracy"),
+        "test_accuracy_best_on_test_paper_protocol": chosen["best_on_test"]["test_accuracy"],
+        "minority_accuracy_final": chosen["final"].get("test_minority_accuracy"),
+        "per_class_accuracy_final": chosen["final"].get("test_per_class"),
+        "epochs": {k: _eval_view(v, num_classes) for k, v in chosen.items()},
+    }
+    if table is not None and given is not None and clean is not None:
+        noisy = np.asarray(given) != np.asarray(clean)
+        out["num_noisy_train"] = int(noisy.sum())
+        if "W" in learned and "loss_w" in table:
+            out["weight_auc_clean_vs_noisy"] = weight_auc(table["loss_w"], noisy)
+        if "S" in learned and "soft" in table:
+            stats = soft_label_stats(table["soft"], given, clean)
+            out["soft_label_noisy_fixed_fraction"] = stats["noisy_fixed"]
+            out["soft_label_noisy_kept_fraction"] = stats["noisy_kept"]
+            out["soft_label_clean_kept_fraction"] = stats["clean_kept"]
+    out["wall_time_s"] = wall_time_s
+    out["train_images"] = int(train_images)
+    out["hyper_images"] = int(hyper_images)
+    out["images_per_s"] = (train_images + hyper_images) / wall_time_s if wall_time_s > 0 else None
+    out.update(dict(extra))
+    return _json_clean(out)
+
+
+def _json_clean(x):
+    if isinstance(x, dict):
+        return {k: _json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _json_clean(x.tolist())
+    return x

@@ -1,0 +1,196 @@
+"""Unit tests of experiments/ pieces that need no training: config validation, summary
+metrics, checkpointing fallback, metric writer resume, results tables, plots."""
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments import artifacts, config as cfg_lib, results, summary, visualize
+from experiments.checkpointing import Checkpointer
+from experiments.metric_writer import MetricWriter, read_metrics
+
+
+# ------------------------------------------------------------------ config
+
+def test_default_config_is_valid_and_named():
+    c = cfg_lib.Config()
+    assert cfg_lib.static_errors(c) == []
+    assert cfg_lib.default_workdir(c) == os.path.join("workdirs", "mnist5k_autodo_aws_ir10_nr0.2_s0")
+    assert cfg_lib.default_workdir(c.replace(method="none")).endswith("mnist5k_none_ir10_nr0.2_s0")
+    other = cfg_lib.default_workdir(c.replace(epochs=3))
+    assert other.startswith(os.path.join("workdirs", "mnist5k_autodo_aws_ir10_nr0.2_s0_"))
+    assert cfg_lib.symmetric_kl(c) and not cfg_lib.symmetric_kl(c.replace(imbalance_ratio=1, noise_ratio=0))
+
+
+@pytest.mark.parametrize("changes, flag", [
+    (dict(method="bogus"), "--method"),
+    (dict(noise_ratio=1.0), "--noise_ratio"),
+    (dict(imbalance_ratio=0.5), "--imbalance_ratio"),
+    (dict(subsample_ratio=0.0), "--subsample_ratio"),
+    (dict(batch_size=0), "--batch_size"),
+    (dict(hyper_start_epoch=60), "--hyper_start_epoch"),
+    (dict(method="none", symmetric_kl="true"), "--symmetric_kl"),
+    (dict(method="randaugment", upsample=4), "--upsample"),
+    (dict(method="val_only", ablation="oversplit"), "--ablation"),
+    (dict(learning_rate=float("nan")), "--learning_rate"),
+])
+def test_static_errors_name_the_flag(changes, flag):
+    errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))
+    assert len(errs) >= 1 and all("\n" not in e for e in errs)
+    assert errs[0].startswith(flag + "=")
+
+
+def test_data_errors():
+    c = cfg_lib.Config()
+    ok = dict(image_shape=(28, 28, 1), num_classes=10, num_train=1925, num_val=500,
+              num_test=1000, num_devices=8)
+    assert cfg_lib.data_errors(c, **ok) == []
+    errs = cfg_lib.data_errors(c.replace(batch_size=4000, eval_batch_size=100), **ok)
+    assert [e.split("=")[0] for e in errs] == ["--batch_size", "--eval_batch_size"]
+    errs = cfg_lib.data_errors(c, **ok, model_error="too small")
+    assert errs[0].startswith("--model=small_cnn") and "too small" in errs[0]
+    assert cfg_lib.data_errors(c.replace(method="val_only", batch_size=1000), **ok)[0].startswith(
+        "--batch_size=1000")
+
+
+def test_config_mismatch_ignores_non_result_fields():
+    c = cfg_lib.Config()
+    saved = c.to_dict()
+    assert cfg_lib.config_mismatch(saved, c.replace(checkpoint_every=1, log_every=7)) == []
+    diffs = cfg_lib.config_mismatch(saved, c.replace(epochs=3))
+    assert len(diffs) == 1 and diffs[0].startswith("epochs:")
+    with pytest.raises(TypeError, match="unknown config keys"):
+        cfg_lib.from_dict({**saved, "nope": 1})
+
+
+# ------------------------------------------------------------------ summary
+
+def test_auc_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=60), 1)  # many ties
+    pos = rng.random(60) < 0.4
+    diff = s[pos][:, None] - s[~pos][None, :]
+    brute = np.mean((diff > 0) + 0.5 * (diff == 0))
+    assert summary.auc(s, pos) == pytest.approx(brute, abs=1e-12)
+    assert summary.auc(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert np.isnan(summary.auc(np.ones(3), np.ones(3, bool)))
+
+
+def test_accuracies_and_selection():
+    labels = np.array([0, 0, 1, 2, 3, 3])
+    preds = np.array([0, 1, 1, 2, 0, 3])
+    np.testing.assert_allclose(summary.per_class_accuracy(preds, labels, 5)[:4], [0.5, 1, 1, 0.5])
+    assert np.isnan(summary.per_class_accuracy(preds, labels, 5)[4])
+    assert summary.minority_accuracy(preds, labels, 4) == pytest.approx(2 / 3)
+    hist = [dict(epoch=1, val_accuracy=0.5, test_accuracy=0.6),
+            dict(epoch=2, val_accuracy=0.7, test_accuracy=0.55),
+            dict(epoch=3, val_accuracy=0.7, test_accuracy=0.58)]
+    sel = summary.select(hist)
+    assert (sel["final"]["epoch"], sel["val_selected"]["epoch"], sel["best_on_test"]["epoch"]) == (3, 3, 1)
+    assert summary.select(hist, has_val=False)["val_selected"] is None
+
+
+def test_soft_label_stats():
+    given = np.array([0, 1, 2, 2])
+    clean = np.array([0, 1, 1, 0])
+    soft = np.eye(3)[[0, 1, 1, 2]] * 5
+    st = summary.soft_label_stats(soft, given, clean)
+    assert st == {"noisy_fixed": 0.5, "noisy_kept": 0.5, "clean_kept": 1.0}
+
+
+# ------------------------------------------------------------------ checkpointing
+
+def test_checkpoint_roundtrip_sharded_and_corrupt_fallback(tmp_path):
+    mesh = jax.make_mesh((8,), ("data",))
+    state = {"rows": jax.device_put(jnp.arange(16.0).reshape(16, 1), NamedSharding(mesh, P("data"))),
+             "w": jnp.ones(3), "rng": jax.random.key(3), "step": jnp.int32(4)}
+    ck = Checkpointer(str(tmp_path / "ckpt"), log=lambda m: msgs.append(m))
+    msgs = []
+    ck.save(4, state, {"epoch": 1})
+    ck.save(8, {**state, "w": state["w"] * 2}, {"epoch": 2})
+    ck.wait()
+    step, restored, meta = ck.restore_latest(state)
+    assert (step, meta) == (8, {"epoch": 2})
+    np.testing.assert_array_equal(restored["w"], 2 * np.ones(3))
+    assert restored["rows"].sharding.spec == P("data")
+    assert jax.random.key_data(restored["rng"]).tolist() == jax.random.key_data(state["rng"]).tolist()
+    for f in glob.glob(str(tmp_path / "ckpt" / "8" / "**"), recursive=True):
+        if os.path.isfile(f):
+            with open(f, "wb") as fh:
+                fh.write(b"garbage")
+    step, restored, meta = Checkpointer(str(tmp_path / "ckpt"), log=msgs.append).restore_latest(state)
+    assert (step, meta["epoch"]) == (4, 1)
+    assert any("checkpoint step 8" in m and "corrupt" in m and "step 4" in m for m in msgs)
+
+
+# ------------------------------------------------------------------ metric writer
+
+def test_metric_writer_resume_drops_redone_epochs(tmp_path):
+    w = MetricWriter(str(tmp_path))
+    for e in (1, 2, 3):
+        w.write("epoch", 10 * e, e, {"loss": np.float32(1.0 / e)})
+    w.close()
+    w = MetricWriter(str(tmp_path), resume_epoch=2, resume_step=20)
+    w.write("epoch", 30, 3, {"loss": 0.25})
+    w.close()
+    recs = read_metrics(str(tmp_path), "epoch")
+    assert [(r["epoch"], r["loss"]) for r in recs] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+
+
+# ------------------------------------------------------------------ results and plots
+
+def _fake_run(root, method, ir, nr, seed, acc):
+    c = cfg_lib.Config(method=method, imbalance_ratio=ir, noise_ratio=nr, seed=seed)
+    d = os.path.join(root, cfg_lib.default_workdir(c))
+    artifacts.write_json(os.path.join(d, "config.json"), c.to_dict())
+    artifacts.write_json(os.path.join(d, "summary.json"), {
+        "test_accuracy_final": acc, "test_accuracy_val_selected": acc,
+        "test_accuracy_best_on_test_paper_protocol": acc + 0.01, "minority_accuracy_final": acc})
+    return d
+
+
+def test_results_tables(tmp_path):
+    for s, a in enumerate((0.80, 0.82)):
+        _fake_run(tmp_path, "none", 10, 0.2, s, a)
+        _fake_run(tmp_path, "autodo_aws", 10, 0.2, s, a + 0.1)
+    _fake_run(tmp_path, "autodo_aws", 1, 0.0, 0, 0.99)
+    runs = results.find_runs([str(tmp_path)])
+    assert len(runs) == 5
+    tables = results.build_tables(runs, "final")
+    t = tables[("mnist5k", "small_cnn")]
+    assert t["columns"] == ["1-0.0", "10-0.2"]
+    assert [m for m, _ in t["rows"]] == ["none", "autodo_aws"]
+    md = results.to_markdown(tables, "final", False)
+    assert "| Baseline | – | 19.0 ± 1.4 (2) |" in md
+    assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) |" in md
+    csv_text = results.to_csv(tables, "final")
+    assert "mnist5k,small_cnn,final,none,10-0.2,19.0000,1.4142,2" in csv_text
+
+
+def test_visualize_on_synthetic_workdir(tmp_path):
+    rng = np.random.default_rng(0)
+    n, c, k = 50, 4, 7
+    clean = rng.integers(0, c, n)
+    given = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), clean)
+    artifacts.save_final_table(str(tmp_path), {
+        "aug_p": rng.normal(size=(n, k)), "aug_m": rng.normal(size=(n, k)),
+        "loss_w": rng.normal(size=n), "soft": rng.normal(size=(n, c))},
+        given_labels=given, clean_labels=clean, noisy=given != clean, train_index=np.arange(n),
+        num_classes=c, method="autodo_aws", op_names=np.array([f"op{i}" for i in range(k)]))
+    w = MetricWriter(str(tmp_path))
+    for e in (1, 2):
+        w.write("epoch", e, e, {"train_loss": 1 / e, "train_accuracy": 0.5, "val_accuracy": 0.6,
+                                "test_accuracy": 0.7})
+    w.close()
+    written = visualize.make_plots(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == [
+        "augmentation.png", "curves.png", "soft_labels.png", "weights.png"]
+    for p in written:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
