@@ -246,8 +246,16 @@ def load_split(path: str, config: DistortionConfig, source: Any | None = None) -
                      f"({type(e).__name__}: {e}); delete it to redraw the split") from e
   expected = _meta(Split(*(arrays[k] for k in _ARRAYS), meta.get("val_from", ""),
                          meta.get("num_classes", -1)), config, source)
-  diffs = [f"{k}: saved {meta.get(k)!r}, requested {v!r}" for k, v in expected.items()
-           if k in ("format", "config", "source") and meta.get(k) != v]
+  diffs = []
+  for k in ("format", "config", "source"):
+    if k not in expected or meta.get(k) == expected[k]:
+      continue
+    saved, wanted = meta.get(k), expected[k]
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+      diffs += [f"{k}.{f}: saved {saved.get(f)!r}, requested {wanted.get(f)!r}"
+                for f in sorted(set(saved) | set(wanted)) if saved.get(f) != wanted.get(f)]
+    else:
+      diffs.append(f"{k}: saved {saved!r}, requested {wanted!r}")
   if diffs:
     raise ValueError(f"saved split {path!r} does not match the requested settings: "
                      + "; ".join(diffs) + ". Use another workdir or the saved settings.")

@@ -155,7 +155,7 @@ def equalize(images: np.ndarray) -> np.ndarray:
   hist = _histograms(images)
   last = 255 - np.argmax(hist[..., ::-1] > 0, axis=-1)
   last_count = np.take_along_axis(hist, last[..., None], axis=-1)[..., 0]
-  step = (hist.sum(-1) - last_count) // 256
+  step = (hist.sum(-1) - last_count) // 255   # as Pillow 13 ImageOps.equalize
   used = (hist > 0).sum(-1)
   ok = (used > 1) & (step > 0)
   safe = np.where(ok, step, 1)[..., None]
