@@ -28,11 +28,16 @@ def affine_nearest(images: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
   a, b, c, d, e, f = (coeffs[:, i, None, None].astype(np.float64) for i in range(6))
   xs = np.arange(w, dtype=np.float64)[None, None, :] + 0.5
   ys = np.arange(h, dtype=np.float64)[None, :, None] + 0.5
-  xi = np.floor(a * xs + b * ys + c).astype(np.int64)
-  yi = np.floor(d * xs + e * ys + f).astype(np.int64)
-  valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-  flat = (np.arange(n)[:, None, None] * h + np.clip(yi, 0, h - 1)) * w + np.clip(xi, 0, w - 1)
-  out = images.reshape(n * h * w, ch)[flat]
+  xi = np.floor(a * xs + b * ys + c).astype(np.int32)   # (n, H, W), PIL's double math
+  yi = np.floor(d * xs + e * ys + f).astype(np.int32)
+  valid = (xi.view(np.uint32) < w) & (yi.view(np.uint32) < h)   # negatives wrap to large
+  flat = (np.arange(n, dtype=np.int32)[:, None, None] * h + yi) * w + xi
+  flat = np.where(valid, flat, 0).reshape(-1)
+  src = images.reshape(n * h * w, ch)
+  out = np.empty((n * h * w, ch), np.uint8)
+  for k in range(ch):
+    out[:, k] = np.take(src[:, k], flat)
+  out = out.reshape(n, h, w, ch)
   out[~valid] = 0
   return out
 

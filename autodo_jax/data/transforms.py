@@ -71,9 +71,12 @@ def random_crop(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.nd
   """Random H x W crops of the batch zero-padded by ``pad`` px: uint8 (B,H,W,C)."""
   b, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  rows = rng.integers(0, 2 * pad + 1, size=b)[:, None] + np.arange(h)
-  cols = rng.integers(0, 2 * pad + 1, size=b)[:, None] + np.arange(w)
-  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  top = rng.integers(0, 2 * pad + 1, size=b)
+  left = rng.integers(0, 2 * pad + 1, size=b)
+  out = np.empty_like(images)
+  for i in range(b):   # b slice copies beat one (b, H, W) fancy-index gather
+    out[i] = padded[i, top[i]:top[i] + h, left[i]:left[i] + w]
+  return out
 
 
 def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
