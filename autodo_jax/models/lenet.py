@@ -1,0 +1,50 @@
+"""Small encoders for tests and MNIST-size data: LeNet-5 and the calibration CNN."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from autodo_jax.models.common import Dtype
+
+
+def _pool(x: jax.Array) -> jax.Array:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class LeNetEncoder(nn.Module):
+    """LeNet-5: conv6(5x5)-pool-conv16(5x5)-pool-dense120-dense84, ReLU; features D = 84.
+
+    Convolutions are unpadded (28x28 inputs give 16x4x4 before the dense layers).
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no BatchNorm or dropout
+        x = x.astype(self.dtype)
+        for feats in (6, 16):
+            x = _pool(nn.relu(nn.Conv(feats, (5, 5), padding="VALID", dtype=self.dtype)(x)))
+        x = x.reshape(x.shape[0], -1)
+        for feats in (120, 84):
+            x = nn.relu(nn.Dense(feats, dtype=self.dtype)(x))
+        return x
+
+
+class SmallCNNEncoder(nn.Module):
+    """conv32(3x3)-pool-conv64(3x3)-pool-dense128, ReLU, no BatchNorm; features D = 128.
+
+    The model of the mnist5k calibration (AUTODO.md); convolutions use 'SAME' padding.
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        x = x.astype(self.dtype)
+        for feats in (32, 64):
+            x = _pool(nn.relu(nn.Conv(feats, (3, 3), padding="SAME", dtype=self.dtype)(x)))
+        x = x.reshape(x.shape[0], -1)
+        return nn.relu(nn.Dense(128, dtype=self.dtype)(x))
