@@ -132,3 +132,31 @@ def test_bad_loader_arguments(mnist):
     next(_loader(mnist).iterate(0, 10**6))
   with pytest.raises(ValueError, match="prefetch"):
     _loader(mnist, prefetch=-1)
+
+
+def test_eval_helpers_and_next_position(mnist):
+  src, split = mnist
+  val = list(pipeline.eval_val_batches(src, split, 128))
+  assert sum(b["mask"].sum() for b in val) == 500
+  np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in val]),
+                                split.val_labels)
+  test = list(pipeline.eval_test_batches(src, 256, prefetch=0))
+  assert len(test) == 4 and sum(b["mask"].sum() for b in test) == 1000
+  loader = _loader(mnist)
+  spe = loader.steps_per_epoch
+  assert loader.next_position(3, spe - 1) == (4, 0) and loader.next_position(3, 0) == (3, 1)
+
+
+def test_val_loader_decodes_deterministically(mnist):
+  src, split = mnist
+
+  class NoRandomDecode(sources.ArraySplit):
+    def train_images(self, idx, rng):
+      raise AssertionError("validation must not use the random train decode")
+
+  guarded = sources.Source(src.name, 10, src.image_shape, src.family, src.val_size, "label",
+                           NoRandomDecode(src.train.images(np.arange(len(src.train))),
+                                          src.train.labels), src.test)
+  loader = pipeline.ValLoader(guarded, split, PermSampler(500, 100, 0),
+                              transforms.host_transform("none", "mnist"), seed=0)
+  assert loader.batch(0, 0)["images"].shape == (100, 28, 28, 1)

@@ -56,6 +56,10 @@ class DistortionConfig:
   seed: int = 0
 
   def __post_init__(self):
+    for field in ("val_size", "seed"):   # numpy scalars -> Python numbers
+      value = getattr(self, field)
+      if isinstance(value, (np.integer, np.floating)):
+        object.__setattr__(self, field, value.item())
     ir, nr, sr = self.imbalance_ratio, self.noise_ratio, self.subsample_ratio
     for field, value in (("imbalance_ratio", ir), ("noise_ratio", nr),
                          ("subsample_ratio", sr)):

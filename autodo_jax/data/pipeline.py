@@ -108,11 +108,14 @@ class BatchLoader:
       ``[i*B/P, (i+1)*B/P)`` of every global batch.
     prefetch: batches computed ahead in a background thread (0: none).
     with_ids: include ``"ids"`` (int32 rows) in the batches.
+    random_decode: read images with ``train_images(idx, rng)`` (random-resized crop for
+      variable-size data) rather than the deterministic ``images(idx)``.
   """
 
   def __init__(self, source_split: Any, index: np.ndarray, labels: np.ndarray, sampler: Any,
                transform: Transform, *, seed: int, process_index: int = 0,
-               process_count: int = 1, prefetch: int = 2, with_ids: bool = True):
+               process_count: int = 1, prefetch: int = 2, with_ids: bool = True,
+               random_decode: bool = True):
     if not (hasattr(sampler, "batch_ids") and hasattr(sampler, "steps_per_epoch")):
       raise TypeError("sampler must have .steps_per_epoch and .batch_ids(epoch, step), "
                       f"got {type(sampler).__name__}")
@@ -130,6 +133,7 @@ class BatchLoader:
       raise ValueError(f"index values must lie in [0, {len(source_split)})")
     self.source_split, self.sampler, self.transform = source_split, sampler, transform
     self.seed, self.prefetch, self.with_ids = int(seed), prefetch, with_ids
+    self.random_decode = random_decode
     self.process_index, self.process_count = process_index, process_count
 
   @property
@@ -150,11 +154,18 @@ class BatchLoader:
     "ids": int32 (b,)}`` with b = B / process_count; a pure function of the position."""
     ids = self.host_ids(epoch, step)
     rng = np.random.default_rng([self.seed, int(epoch), int(step), self.process_index])
-    images = self.transform(self.source_split.train_images(self.index[ids], rng), rng)
+    examples = self.index[ids]
+    raw = (self.source_split.train_images(examples, rng) if self.random_decode
+           else self.source_split.images(examples))
+    images = self.transform(raw, rng)
     out = {"images": images, "labels": self.labels[ids]}
     if self.with_ids:
       out["ids"] = ids
     return out
+
+  def next_position(self, epoch: int, step: int) -> tuple[int, int]:
+    """The position after (epoch, step): what to checkpoint once that batch is consumed."""
+    return (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
 
   def positions(self, epoch: int = 0, step: int = 0,
                 num_steps: int | None = None) -> Iterator[tuple[int, int]]:
@@ -169,9 +180,7 @@ class BatchLoader:
     while num_steps is None or count < num_steps:
       yield epoch, step
       count += 1
-      step += 1
-      if step == spe:
-        epoch, step = epoch + 1, 0
+      epoch, step = self.next_position(epoch, step)
 
   def iterate(self, epoch: int = 0, step: int = 0,
               num_steps: int | None = None) -> Iterator[tuple[int, int, Batch]]:
@@ -211,13 +220,14 @@ def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed:
   """Random validation batches ``{"images", "labels"}`` (clean labels) for hyper steps.
 
   ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
-  ``host_transform("none", source.family)`` (no augmentation). Reads the test split for
-  the ``overfit`` ablation.
+  ``host_transform("none", source.family)`` (no augmentation); images are decoded
+  deterministically (centre crop for ImageNet). Reads the test split for the
+  ``overfit`` ablation.
   """
   data = source.test if split.val_from == "test" else source.train
   return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
                      process_index=process_index, process_count=process_count,
-                     prefetch=prefetch, with_ids=False)
+                     prefetch=prefetch, with_ids=False, random_decode=False)
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:
@@ -260,3 +270,19 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
   for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))),
                            prefetch):
     yield batch
+
+
+def eval_val_batches(source: Any, split: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
+  """``eval_batches`` over the split's validation set (test split for ``overfit``),
+  normalised only; kwargs: process_index, process_count, prefetch."""
+  from autodo_jax.data.transforms import host_transform  # pylint: disable=g-import-not-at-top
+  data = source.test if split.val_from == "test" else source.train
+  return eval_batches(data, split.val_index, split.val_labels, batch_size,
+                      transform=host_transform("none", source.family), **kwargs)
+
+
+def eval_test_batches(source: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
+  """``eval_batches`` over the whole test split (clean labels), normalised only."""
+  from autodo_jax.data.transforms import host_transform  # pylint: disable=g-import-not-at-top
+  return eval_batches(source.test, np.arange(len(source.test)), source.test.clean_labels,
+                      batch_size, transform=host_transform("none", source.family), **kwargs)
