@@ -150,6 +150,8 @@ def _gather_local(table: Table, ids: jax.Array, shared: frozenset[str], offset) 
     for k, leaf in table.items():
         if k in shared:
             out[k] = jnp.broadcast_to(leaf, (b,) + leaf.shape[1:])
+        elif leaf.shape[0] == 0:  # N = 0: every id is invalid
+            out[k] = jnp.zeros((b,) + leaf.shape[1:], leaf.dtype)
         else:
             out[k] = leaf.at[_sanitize(ids, leaf.shape[0], offset)].get(mode="fill", fill_value=0)
     return out
@@ -216,12 +218,16 @@ def _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t):
 
     g = {k: jax.ops.segment_sum(grads[k].astype(_compute_dtype(table[k].dtype)), inv, num_segments=b) for k in keys}
     slot_rows = {s: {k: take(state.slots[s][k]) for k in keys} for s in state.slots}
-    updates, slot_rows = optimizer.update(g, slot_rows, count, t - take(state.last))
+    last_rows = take(state.last)
+    delta = t - last_rows
+    updates, slot_rows = optimizer.update(g, slot_rows, count, delta)
     for k in keys:
         new_table[k] = put(table[k], take(table[k]).astype(g[k].dtype) + updates[k])
         for s in state.slots:
             new_slots[s][k] = put(state.slots[s][k], slot_rows[s][k])
-    new_last = put(state.last, jnp.full((b,), t, jnp.int32))
+    # max(last_rows, t) == t (last <= count < t). Writing it so makes the scatter depend on
+    # the gather of ``last`` above; otherwise XLA copies all N entries to keep the order.
+    new_last = put(state.last, jnp.maximum(last_rows, t))
     return new_table, new_slots, new_last
 
 
