@@ -21,47 +21,47 @@ from autodo_jax.parallel import ShardLocalSampler
 
 
 def _array_source(n: int = 8192) -> sources.Source:
-  rng = np.random.default_rng(0)
-  train = sources.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                             rng.integers(0, 10, n))
-  test = sources.ArraySplit(np.zeros((10, 32, 32, 3), np.uint8), np.arange(10))
-  return sources.Source("arrays32", 10, (32, 32, 3), "cifar10", 1000, "label", train, test)
+    rng = np.random.default_rng(0)
+    train = sources.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                               rng.integers(0, 10, n))
+    test = sources.ArraySplit(np.zeros((10, 32, 32, 3), np.uint8), np.arange(10))
+    return sources.Source("arrays32", 10, (32, 32, 3), "cifar10", 1000, "label", train, test)
 
 
 def measure(source: sources.Source, policy: str, batch: int, steps: int) -> dict:
-  split = distortion.make_split(source, distortion.DistortionConfig(10, 0.2, seed=0))
-  sampler = ShardLocalSampler(split.num_train, 1, batch, 0)
-  loader = pipeline.TrainLoader(source, split, sampler,
-                                transforms.host_transform(policy, source.family), seed=0,
-                                prefetch=2)
-  it = loader.iterate(0, 0)
-  next(it)   # warm-up (thread start, first batch)
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(it)
-  elapsed = time.perf_counter() - start
-  it.close()
-  return {"dataset": source.name, "policy": policy, "batch": batch, "steps": steps,
-          "seconds": round(elapsed, 4), "images_per_s": round(steps * batch / elapsed, 1)}
+    split = distortion.make_split(source, distortion.DistortionConfig(10, 0.2, seed=0))
+    sampler = ShardLocalSampler(split.num_train, 1, batch, 0)
+    loader = pipeline.TrainLoader(source, split, sampler,
+                                  transforms.host_transform(policy, source.family), seed=0,
+                                  prefetch=2)
+    it = loader.iterate(0, 0)
+    next(it)   # warm-up (thread start, first batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    elapsed = time.perf_counter() - start
+    it.close()
+    return {"dataset": source.name, "policy": policy, "batch": batch, "steps": steps,
+            "seconds": round(elapsed, 4), "images_per_s": round(steps * batch / elapsed, 1)}
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="fewer steps per case")
-  args = parser.parse_args()
-  cases = [(sources.load_source("mnist5k"), p, 32) for p in
-           transforms.allowed_policies("mnist")]
-  arrays = _array_source()
-  cases += [(arrays, p, 256) for p in transforms.POLICY_NAMES]
-  rates = []
-  for src, policy, batch in cases:
-    steps = (20 if batch == 32 else 5) if args.quick else (200 if batch == 32 else 40)
-    row = measure(src, policy, batch, steps)
-    row["cpus"] = os.cpu_count()
-    rates.append(row["images_per_s"])
-    print(json.dumps(row), flush=True)
-  print(json.dumps({"min_images_per_s": min(rates)}), flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps per case")
+    args = parser.parse_args()
+    cases = [(sources.load_source("mnist5k"), p, 32) for p in
+             transforms.allowed_policies("mnist")]
+    arrays = _array_source()
+    cases += [(arrays, p, 256) for p in transforms.POLICY_NAMES]
+    rates = []
+    for src, policy, batch in cases:
+        steps = (20 if batch == 32 else 5) if args.quick else (200 if batch == 32 else 40)
+        row = measure(src, policy, batch, steps)
+        row["cpus"] = os.cpu_count()
+        rates.append(row["images_per_s"])
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"min_images_per_s": min(rates)}), flush=True)
 
 
 if __name__ == "__main__":
-  main()
+    main()

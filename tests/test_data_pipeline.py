@@ -6,157 +6,157 @@ from autodo_jax.data import distortion, pipeline, sources, transforms
 
 
 class PermSampler:
-  """Trivial sampler: a seeded permutation per epoch cut into batches."""
+    """Trivial sampler: a seeded permutation per epoch cut into batches."""
 
-  def __init__(self, num_rows, batch, seed):
-    self.num_rows, self.batch, self.seed = num_rows, batch, seed
-    self.steps_per_epoch = num_rows // batch
+    def __init__(self, num_rows, batch, seed):
+        self.num_rows, self.batch, self.seed = num_rows, batch, seed
+        self.steps_per_epoch = num_rows // batch
 
-  def batch_ids(self, epoch, step):
-    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-    return perm[step * self.batch:(step + 1) * self.batch].astype(np.int32)
+    def batch_ids(self, epoch, step):
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        return perm[step * self.batch:(step + 1) * self.batch].astype(np.int32)
 
 
 @pytest.fixture(scope="module")
 def mnist():
-  src = sources.load_source("mnist5k")
-  split = distortion.make_split(src, distortion.DistortionConfig(10, 0.2, seed=0))
-  return src, split
+    src = sources.load_source("mnist5k")
+    split = distortion.make_split(src, distortion.DistortionConfig(10, 0.2, seed=0))
+    return src, split
 
 
 def _loader(mnist, policy="randaugment", batch=32, **kw):
-  src, split = mnist
-  return pipeline.TrainLoader(src, split, PermSampler(split.num_train, batch, 7),
-                              transforms.host_transform(policy, src.family), seed=11, **kw)
+    src, split = mnist
+    return pipeline.TrainLoader(src, split, PermSampler(split.num_train, batch, 7),
+                                transforms.host_transform(policy, src.family), seed=11, **kw)
 
 
 def test_train_batch_contents(mnist):
-  src, split = mnist
-  loader = _loader(mnist, policy="none")
-  b = loader.batch(0, 3)
-  assert set(b) == {"images", "labels", "ids"}
-  assert b["images"].dtype == np.float32 and b["images"].shape == (32, 28, 28, 1)
-  assert b["labels"].dtype == np.int32 and b["ids"].dtype == np.int32
-  ids = PermSampler(split.num_train, 32, 7).batch_ids(0, 3)
-  np.testing.assert_array_equal(b["ids"], ids)
-  np.testing.assert_array_equal(b["labels"], split.train_labels[ids])
-  raw = src.train.images(split.train_index[ids]).astype(np.float32) / 255
-  np.testing.assert_allclose(b["images"], (raw - 0.1307) / 0.3081, atol=1e-5)
+    src, split = mnist
+    loader = _loader(mnist, policy="none")
+    b = loader.batch(0, 3)
+    assert set(b) == {"images", "labels", "ids"}
+    assert b["images"].dtype == np.float32 and b["images"].shape == (32, 28, 28, 1)
+    assert b["labels"].dtype == np.int32 and b["ids"].dtype == np.int32
+    ids = PermSampler(split.num_train, 32, 7).batch_ids(0, 3)
+    np.testing.assert_array_equal(b["ids"], ids)
+    np.testing.assert_array_equal(b["labels"], split.train_labels[ids])
+    raw = src.train.images(split.train_index[ids]).astype(np.float32) / 255
+    np.testing.assert_allclose(b["images"], (raw - 0.1307) / 0.3081, atol=1e-5)
 
 
 def test_position_is_pure_and_resume_matches(mnist):
-  loader = _loader(mnist)
-  spe = loader.steps_per_epoch
-  run = [(e, s, b) for e, s, b in loader.iterate(0, spe - 3, 6)]
-  assert [(e, s) for e, s, _ in run] == [(0, spe - 3), (0, spe - 2), (0, spe - 1), (1, 0),
-                                         (1, 1), (1, 2)]
-  resumed = list(_loader(mnist).iterate(1, 0, 2))
-  for (_, _, a), (_, _, b) in zip(run[3:5], resumed):
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k])
-  np.testing.assert_array_equal(loader.batch(0, 1)["images"], loader.batch(0, 1)["images"])
-  assert not np.array_equal(loader.batch(0, 1)["images"], loader.batch(1, 1)["images"])
-  steps = [s for s, _ in loader.epoch_batches(2, start_step=spe - 2)]
-  assert steps == [spe - 2, spe - 1]
+    loader = _loader(mnist)
+    spe = loader.steps_per_epoch
+    run = [(e, s, b) for e, s, b in loader.iterate(0, spe - 3, 6)]
+    assert [(e, s) for e, s, _ in run] == [(0, spe - 3), (0, spe - 2), (0, spe - 1), (1, 0),
+                                           (1, 1), (1, 2)]
+    resumed = list(_loader(mnist).iterate(1, 0, 2))
+    for (_, _, a), (_, _, b) in zip(run[3:5], resumed):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(loader.batch(0, 1)["images"], loader.batch(0, 1)["images"])
+    assert not np.array_equal(loader.batch(0, 1)["images"], loader.batch(1, 1)["images"])
+    steps = [s for s, _ in loader.epoch_batches(2, start_step=spe - 2)]
+    assert steps == [spe - 2, spe - 1]
 
 
 def test_per_host_slices(mnist):
-  full = _loader(mnist, policy="none", batch=32)
-  parts = [_loader(mnist, policy="none", batch=32, process_index=i, process_count=4)
-           for i in range(4)]
-  whole = full.batch(1, 2)
-  for key in whole:
-    np.testing.assert_array_equal(np.concatenate([p.batch(1, 2)[key] for p in parts]),
-                                  whole[key])
-  assert parts[0].batch(1, 2)["images"].shape[0] == 8
-  with pytest.raises(ValueError, match="divisible by process_count=3"):
-    _loader(mnist, batch=32, process_index=0, process_count=3).batch(0, 0)
-  with pytest.raises(ValueError, match="process_index"):
-    _loader(mnist, process_index=4, process_count=4)
+    full = _loader(mnist, policy="none", batch=32)
+    parts = [_loader(mnist, policy="none", batch=32, process_index=i, process_count=4)
+             for i in range(4)]
+    whole = full.batch(1, 2)
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([p.batch(1, 2)[key] for p in parts]),
+                                      whole[key])
+    assert parts[0].batch(1, 2)["images"].shape[0] == 8
+    with pytest.raises(ValueError, match="divisible by process_count=3"):
+        _loader(mnist, batch=32, process_index=0, process_count=3).batch(0, 0)
+    with pytest.raises(ValueError, match="process_index"):
+        _loader(mnist, process_index=4, process_count=4)
 
 
 def test_prefetch_propagates_errors_and_stops():
-  def produce(k):
-    if k == 3:
-      raise RuntimeError("boom at 3")
-    return k * 10
-  got = []
-  with pytest.raises(RuntimeError, match="boom at 3"):
-    for k, v in pipeline.prefetched(produce, iter(range(10)), 2):
-      got.append(v)
-  assert got == [0, 10, 20]
-  gen = pipeline.prefetched(lambda k: k, iter(range(10**9)), 2)
-  assert next(gen) == (0, 0)
-  gen.close()     # the worker thread stops instead of running forever
-  assert [v for _, v in pipeline.prefetched(lambda k: k + 1, iter(range(4)), 0)] == [1, 2, 3, 4]
+    def produce(k):
+        if k == 3:
+            raise RuntimeError("boom at 3")
+        return k * 10
+    got = []
+    with pytest.raises(RuntimeError, match="boom at 3"):
+        for k, v in pipeline.prefetched(produce, iter(range(10)), 2):
+            got.append(v)
+    assert got == [0, 10, 20]
+    gen = pipeline.prefetched(lambda k: k, iter(range(10**9)), 2)
+    assert next(gen) == (0, 0)
+    gen.close()     # the worker thread stops instead of running forever
+    assert [v for _, v in pipeline.prefetched(lambda k: k + 1, iter(range(4)), 0)] == [1, 2, 3, 4]
 
 
 def test_eval_batches_padding_and_hosts(mnist):
-  src, _ = mnist
-  tf = transforms.host_transform("none", "mnist")
-  index = np.arange(70)
-  labels = src.test.labels[index]
-  batches = list(pipeline.eval_batches(src.test, index, labels, 32, transform=tf))
-  assert len(batches) == pipeline.num_eval_batches(70, 32) == 3
-  assert [b["mask"].sum() for b in batches] == [32, 32, 6]
-  np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in batches]), labels)
-  np.testing.assert_array_equal(batches[2]["images"][6:], np.repeat(batches[0]["images"][:1],
-                                                                     26, axis=0))
-  halves = [list(pipeline.eval_batches(src.test, index, labels, 32, transform=tf,
-                                       process_index=i, process_count=2)) for i in range(2)]
-  np.testing.assert_array_equal(np.concatenate([halves[0][2]["mask"], halves[1][2]["mask"]]),
-                                batches[2]["mask"])
-  with pytest.raises(ValueError, match="batch_size"):
-    list(pipeline.eval_batches(src.test, index, labels, 0, transform=tf))
+    src, _ = mnist
+    tf = transforms.host_transform("none", "mnist")
+    index = np.arange(70)
+    labels = src.test.labels[index]
+    batches = list(pipeline.eval_batches(src.test, index, labels, 32, transform=tf))
+    assert len(batches) == pipeline.num_eval_batches(70, 32) == 3
+    assert [b["mask"].sum() for b in batches] == [32, 32, 6]
+    np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in batches]), labels)
+    np.testing.assert_array_equal(batches[2]["images"][6:], np.repeat(batches[0]["images"][:1],
+                                                                       26, axis=0))
+    halves = [list(pipeline.eval_batches(src.test, index, labels, 32, transform=tf,
+                                         process_index=i, process_count=2)) for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate([halves[0][2]["mask"], halves[1][2]["mask"]]),
+                                  batches[2]["mask"])
+    with pytest.raises(ValueError, match="batch_size"):
+        list(pipeline.eval_batches(src.test, index, labels, 0, transform=tf))
 
 
 def test_val_loader_reads_test_split_for_overfit(mnist):
-  src, _ = mnist
-  split = distortion.make_split(src, distortion.DistortionConfig(ablation="overfit"))
-  tf = transforms.host_transform("none", src.family)
-  loader = pipeline.ValLoader(src, split, PermSampler(split.val_index.size, 50, 0), tf, seed=0)
-  b = loader.batch(0, 0)
-  assert set(b) == {"images", "labels"}
-  ids = PermSampler(split.val_index.size, 50, 0).batch_ids(0, 0)
-  np.testing.assert_array_equal(b["labels"], src.test.labels[ids])
-  ref = tf(src.test.images(ids), np.random.default_rng(0))
-  np.testing.assert_array_equal(b["images"], ref)
+    src, _ = mnist
+    split = distortion.make_split(src, distortion.DistortionConfig(ablation="overfit"))
+    tf = transforms.host_transform("none", src.family)
+    loader = pipeline.ValLoader(src, split, PermSampler(split.val_index.size, 50, 0), tf, seed=0)
+    b = loader.batch(0, 0)
+    assert set(b) == {"images", "labels"}
+    ids = PermSampler(split.val_index.size, 50, 0).batch_ids(0, 0)
+    np.testing.assert_array_equal(b["labels"], src.test.labels[ids])
+    ref = tf(src.test.images(ids), np.random.default_rng(0))
+    np.testing.assert_array_equal(b["images"], ref)
 
 
 def test_bad_loader_arguments(mnist):
-  src, split = mnist
-  tf = transforms.host_transform("none", src.family)
-  with pytest.raises(TypeError, match="sampler"):
-    pipeline.TrainLoader(src, split, object(), tf, seed=0)
-  with pytest.raises(ValueError, match="position"):
-    next(_loader(mnist).iterate(0, 10**6))
-  with pytest.raises(ValueError, match="prefetch"):
-    _loader(mnist, prefetch=-1)
+    src, split = mnist
+    tf = transforms.host_transform("none", src.family)
+    with pytest.raises(TypeError, match="sampler"):
+        pipeline.TrainLoader(src, split, object(), tf, seed=0)
+    with pytest.raises(ValueError, match="position"):
+        next(_loader(mnist).iterate(0, 10**6))
+    with pytest.raises(ValueError, match="prefetch"):
+        _loader(mnist, prefetch=-1)
 
 
 def test_eval_helpers_and_next_position(mnist):
-  src, split = mnist
-  val = list(pipeline.eval_val_batches(src, split, 128))
-  assert sum(b["mask"].sum() for b in val) == 500
-  np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in val]),
-                                split.val_labels)
-  test = list(pipeline.eval_test_batches(src, 256, prefetch=0))
-  assert len(test) == 4 and sum(b["mask"].sum() for b in test) == 1000
-  loader = _loader(mnist)
-  spe = loader.steps_per_epoch
-  assert loader.next_position(3, spe - 1) == (4, 0) and loader.next_position(3, 0) == (3, 1)
+    src, split = mnist
+    val = list(pipeline.eval_val_batches(src, split, 128))
+    assert sum(b["mask"].sum() for b in val) == 500
+    np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in val]),
+                                  split.val_labels)
+    test = list(pipeline.eval_test_batches(src, 256, prefetch=0))
+    assert len(test) == 4 and sum(b["mask"].sum() for b in test) == 1000
+    loader = _loader(mnist)
+    spe = loader.steps_per_epoch
+    assert loader.next_position(3, spe - 1) == (4, 0) and loader.next_position(3, 0) == (3, 1)
 
 
 def test_val_loader_decodes_deterministically(mnist):
-  src, split = mnist
+    src, split = mnist
 
-  class NoRandomDecode(sources.ArraySplit):
-    def train_images(self, idx, rng):
-      raise AssertionError("validation must not use the random train decode")
+    class NoRandomDecode(sources.ArraySplit):
+        def train_images(self, idx, rng):
+            raise AssertionError("validation must not use the random train decode")
 
-  guarded = sources.Source(src.name, 10, src.image_shape, src.family, src.val_size, "label",
-                           NoRandomDecode(src.train.images(np.arange(len(src.train))),
-                                          src.train.labels), src.test)
-  loader = pipeline.ValLoader(guarded, split, PermSampler(500, 100, 0),
-                              transforms.host_transform("none", "mnist"), seed=0)
-  assert loader.batch(0, 0)["images"].shape == (100, 28, 28, 1)
+    guarded = sources.Source(src.name, 10, src.image_shape, src.family, src.val_size, "label",
+                             NoRandomDecode(src.train.images(np.arange(len(src.train))),
+                                            src.train.labels), src.test)
+    loader = pipeline.ValLoader(guarded, split, PermSampler(500, 100, 0),
+                                transforms.host_transform("none", "mnist"), seed=0)
+    assert loader.batch(0, 0)["images"].shape == (100, 28, 28, 1)

@@ -37,269 +37,269 @@ _ARRAYS = ("train_index", "train_labels", "train_clean_labels", "noisy", "val_in
 
 @dataclasses.dataclass(frozen=True)
 class DistortionConfig:
-  """Requested distortion of the train data.
+    """Requested distortion of the train data.
 
-  Attributes:
-    imbalance_ratio: IR >= 1 (1 = balanced).
-    noise_ratio: NR in [0, 1).
-    subsample_ratio: SR in (0, 1].
-    val_size: clean validation size: int count, float fraction in (0, 1), or None for the
-      dataset's default (``Source.val_size``).
-    ablation: ``"none"``, ``"overfit"`` or ``"oversplit"``.
-    seed: seed of every random choice.
-  """
-  imbalance_ratio: float = 1.0
-  noise_ratio: float = 0.0
-  subsample_ratio: float = 1.0
-  val_size: int | float | None = None
-  ablation: str = "none"
-  seed: int = 0
+    Attributes:
+        imbalance_ratio: IR >= 1 (1 = balanced).
+        noise_ratio: NR in [0, 1).
+        subsample_ratio: SR in (0, 1].
+        val_size: clean validation size: int count, float fraction in (0, 1), or None for the
+            dataset's default (``Source.val_size``).
+        ablation: ``"none"``, ``"overfit"`` or ``"oversplit"``.
+        seed: seed of every random choice.
+    """
+    imbalance_ratio: float = 1.0
+    noise_ratio: float = 0.0
+    subsample_ratio: float = 1.0
+    val_size: int | float | None = None
+    ablation: str = "none"
+    seed: int = 0
 
-  def __post_init__(self):
-    for field in ("val_size", "seed"):   # numpy scalars -> Python numbers
-      value = getattr(self, field)
-      if isinstance(value, (np.integer, np.floating)):
-        object.__setattr__(self, field, value.item())
-    ir, nr, sr = self.imbalance_ratio, self.noise_ratio, self.subsample_ratio
-    for field, value in (("imbalance_ratio", ir), ("noise_ratio", nr),
-                         ("subsample_ratio", sr)):
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-          value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    if ir < 1:
-      raise ValueError(f"imbalance_ratio must be >= 1, got {ir!r}")
-    if not 0 <= nr < 1:
-      raise ValueError(f"noise_ratio must lie in [0, 1), got {nr!r}")
-    if not 0 < sr <= 1:
-      raise ValueError(f"subsample_ratio must lie in (0, 1], got {sr!r}")
-    v = self.val_size
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or
-                          (isinstance(v, int) and v < 1) or
-                          (isinstance(v, float) and not 0 < v < 1)):
-      raise ValueError(f"val_size must be None, an int >= 1 or a float in (0, 1), got {v!r}")
-    if self.ablation not in ABLATIONS:
-      raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
-    if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or (
-        self.seed < 0):
-      raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+    def __post_init__(self):
+        for field in ("val_size", "seed"):   # numpy scalars -> Python numbers
+            value = getattr(self, field)
+            if isinstance(value, (np.integer, np.floating)):
+                object.__setattr__(self, field, value.item())
+        ir, nr, sr = self.imbalance_ratio, self.noise_ratio, self.subsample_ratio
+        for field, value in (("imbalance_ratio", ir), ("noise_ratio", nr),
+                             ("subsample_ratio", sr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+                raise ValueError(f"{field} must be a finite number, got {value!r}")
+        if ir < 1:
+            raise ValueError(f"imbalance_ratio must be >= 1, got {ir!r}")
+        if not 0 <= nr < 1:
+            raise ValueError(f"noise_ratio must lie in [0, 1), got {nr!r}")
+        if not 0 < sr <= 1:
+            raise ValueError(f"subsample_ratio must lie in (0, 1], got {sr!r}")
+        v = self.val_size
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or
+                              (isinstance(v, int) and v < 1) or
+                              (isinstance(v, float) and not 0 < v < 1)):
+            raise ValueError(f"val_size must be None, an int >= 1 or a float in (0, 1), got {v!r}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or (
+            self.seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-able form: floats as floats, so 10 and 10.0 compare equal."""
-    d = dataclasses.asdict(self)
-    for k in ("imbalance_ratio", "noise_ratio", "subsample_ratio"):
-      d[k] = float(d[k])
-    d["seed"] = int(d["seed"])
-    return d
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: floats as floats, so 10 and 10.0 compare equal."""
+        d = dataclasses.asdict(self)
+        for k in ("imbalance_ratio", "noise_ratio", "subsample_ratio"):
+            d[k] = float(d[k])
+        d["seed"] = int(d["seed"])
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """A distorted train set and its validation set.
+    """A distorted train set and its validation set.
 
-  Attributes:
-    train_index: int64 (N,) train-split example of each table row (random order).
-    train_labels: int32 (N,) given labels (maybe noisy).
-    train_clean_labels: int32 (N,) true labels (evaluation only).
-    noisy: bool (N,) given label != true label (evaluation only).
-    val_index: int64 (V,) examples of the ``val_from`` split used for validation.
-    val_labels: int32 (V,) their labels (clean).
-    val_from: ``"train"`` or ``"test"``.
-    num_classes: C.
-  """
-  train_index: np.ndarray
-  train_labels: np.ndarray
-  train_clean_labels: np.ndarray
-  noisy: np.ndarray
-  val_index: np.ndarray
-  val_labels: np.ndarray
-  val_from: str
-  num_classes: int
+    Attributes:
+        train_index: int64 (N,) train-split example of each table row (random order).
+        train_labels: int32 (N,) given labels (maybe noisy).
+        train_clean_labels: int32 (N,) true labels (evaluation only).
+        noisy: bool (N,) given label != true label (evaluation only).
+        val_index: int64 (V,) examples of the ``val_from`` split used for validation.
+        val_labels: int32 (V,) their labels (clean).
+        val_from: ``"train"`` or ``"test"``.
+        num_classes: C.
+    """
+    train_index: np.ndarray
+    train_labels: np.ndarray
+    train_clean_labels: np.ndarray
+    noisy: np.ndarray
+    val_index: np.ndarray
+    val_labels: np.ndarray
+    val_from: str
+    num_classes: int
 
-  @property
-  def num_train(self) -> int:
-    return int(self.train_index.shape[0])
+    @property
+    def num_train(self) -> int:
+        return int(self.train_index.shape[0])
 
 
 def resolve_val_size(val_size: int | float, pool: int) -> int:
-  """Validation count for ``val_size`` (count or fraction) out of ``pool`` examples."""
-  count = int(round(val_size * pool)) if isinstance(val_size, float) else int(val_size)
-  if not 1 <= count < pool:
-    raise ValueError(f"val_size={val_size!r} gives {count} validation examples; allowed is "
-                     f"1 <= count < {pool} (the train pool)")
-  return count
+    """Validation count for ``val_size`` (count or fraction) out of ``pool`` examples."""
+    count = int(round(val_size * pool)) if isinstance(val_size, float) else int(val_size)
+    if not 1 <= count < pool:
+        raise ValueError(f"val_size={val_size!r} gives {count} validation examples; allowed is "
+                         f"1 <= count < {pool} (the train pool)")
+    return count
 
 
 def stratified_choice(labels: np.ndarray, count: int, num_classes: int,
                       rng: np.random.Generator) -> np.ndarray:
-  """Picks ``count`` positions of ``labels``, per class proportional to its size.
+    """Picks ``count`` positions of ``labels``, per class proportional to its size.
 
-  Class c gets floor(count * n_c / n) plus one of the leftover slots for the classes with
-  the largest remainders (ties: lower class first); members are drawn without
-  replacement. Every class must keep at least one example outside the choice.
+    Class c gets floor(count * n_c / n) plus one of the leftover slots for the classes with
+    the largest remainders (ties: lower class first); members are drawn without
+    replacement. Every class must keep at least one example outside the choice.
 
-  Returns:
-    int64 (count,) sorted positions.
-  """
-  n_c = np.bincount(labels, minlength=num_classes)
-  exact = count * n_c / labels.size
-  alloc = np.floor(exact).astype(np.int64)
-  order = np.lexsort((np.arange(num_classes), -(exact - alloc)))
-  alloc[order[:count - alloc.sum()]] += 1
-  bad = np.flatnonzero((alloc > 0) & (alloc >= n_c))
-  if bad.size:
-    c = int(bad[0])
-    raise ValueError(f"class {c} has {n_c[c]} examples but the validation split of {count} "
-                     f"needs {alloc[c]} of them plus at least one left for training")
-  picks = [rng.choice(np.flatnonzero(labels == c), alloc[c], replace=False)
-           for c in range(num_classes) if alloc[c]]
-  return np.sort(np.concatenate(picks)).astype(np.int64)
+    Returns:
+        int64 (count,) sorted positions.
+    """
+    n_c = np.bincount(labels, minlength=num_classes)
+    exact = count * n_c / labels.size
+    alloc = np.floor(exact).astype(np.int64)
+    order = np.lexsort((np.arange(num_classes), -(exact - alloc)))
+    alloc[order[:count - alloc.sum()]] += 1
+    bad = np.flatnonzero((alloc > 0) & (alloc >= n_c))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(f"class {c} has {n_c[c]} examples but the validation split of {count} "
+                         f"needs {alloc[c]} of them plus at least one left for training")
+    picks = [rng.choice(np.flatnonzero(labels == c), alloc[c], replace=False)
+             for c in range(num_classes) if alloc[c]]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
 def make_split(source: Any, config: DistortionConfig) -> Split:
-  """Draws the split of ``source`` (a ``sources.Source``) for ``config``.
+    """Draws the split of ``source`` (a ``sources.Source``) for ``config``.
 
-  Raises:
-    ValueError: validation size not below the pool, a class too small for the
-      validation split, or too few minority examples for the imbalance.
-  """
-  if not isinstance(config, DistortionConfig):
-    raise TypeError(f"config must be a DistortionConfig, got {type(config).__name__}")
-  c = int(source.num_classes)
-  clean = np.asarray(source.train.clean_labels, dtype=np.int64)
-  given = np.asarray(source.train.labels, dtype=np.int64)
-  n_total = clean.size
-  r_val, r_sr, r_ir, r_nr, r_order = (
-      np.random.default_rng(s) for s in np.random.SeedSequence([config.seed, 0xD15]).spawn(5))
-  if config.ablation == "oversplit":
-    pool = np.arange(n_total)
-  else:
-    v = resolve_val_size(source.val_size if config.val_size is None else config.val_size,
-                         n_total)
-    val = stratified_choice(clean, v, c, r_val)
-    pool = np.setdiff1d(np.arange(n_total), val)
-  keep = math.floor(config.subsample_ratio * pool.size + 1e-9)
-  if keep < 1:
-    raise ValueError(f"subsample_ratio={config.subsample_ratio} keeps no example of "
-                     f"{pool.size}")
-  kept = np.sort(r_sr.choice(pool, keep, replace=False))
-  if config.imbalance_ratio != 1:
-    major = kept[clean[kept] < c // 2]
-    minor = kept[clean[kept] >= c // 2]
-    s = math.floor(major.size / config.imbalance_ratio + 1e-9)
-    if s > minor.size:
-      raise ValueError(f"imbalance_ratio={config.imbalance_ratio} needs {s} examples of "
-                       f"classes >= {c // 2} but only {minor.size} are left")
-    kept = np.sort(np.concatenate([major, r_ir.choice(minor, s, replace=False)]))
-  labels = given[kept].copy()
-  num_noisy = math.floor(config.noise_ratio * kept.size + 0.5)
-  flip = r_nr.choice(kept.size, num_noisy, replace=False)
-  labels[flip] = r_nr.integers(0, c, size=num_noisy)
-  order = r_order.permutation(kept.size)
-  kept, labels = kept[order], labels[order]
-  if config.ablation == "overfit":
-    val_index, val_labels, val_from = (np.arange(len(source.test)),
-                                       np.asarray(source.test.clean_labels), "test")
-  elif config.ablation == "oversplit":
-    val_index, val_labels, val_from = np.arange(n_total), clean, "train"
-  else:
-    val_index, val_labels, val_from = val, clean[val], "train"
-  return Split(kept.astype(np.int64), labels.astype(np.int32),
-               clean[kept].astype(np.int32), labels != clean[kept],
-               val_index.astype(np.int64), np.asarray(val_labels).astype(np.int32),
-               val_from, c)
+    Raises:
+        ValueError: validation size not below the pool, a class too small for the
+            validation split, or too few minority examples for the imbalance.
+    """
+    if not isinstance(config, DistortionConfig):
+        raise TypeError(f"config must be a DistortionConfig, got {type(config).__name__}")
+    c = int(source.num_classes)
+    clean = np.asarray(source.train.clean_labels, dtype=np.int64)
+    given = np.asarray(source.train.labels, dtype=np.int64)
+    n_total = clean.size
+    r_val, r_sr, r_ir, r_nr, r_order = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([config.seed, 0xD15]).spawn(5))
+    if config.ablation == "oversplit":
+        pool = np.arange(n_total)
+    else:
+        v = resolve_val_size(source.val_size if config.val_size is None else config.val_size,
+                             n_total)
+        val = stratified_choice(clean, v, c, r_val)
+        pool = np.setdiff1d(np.arange(n_total), val)
+    keep = math.floor(config.subsample_ratio * pool.size + 1e-9)
+    if keep < 1:
+        raise ValueError(f"subsample_ratio={config.subsample_ratio} keeps no example of "
+                         f"{pool.size}")
+    kept = np.sort(r_sr.choice(pool, keep, replace=False))
+    if config.imbalance_ratio != 1:
+        major = kept[clean[kept] < c // 2]
+        minor = kept[clean[kept] >= c // 2]
+        s = math.floor(major.size / config.imbalance_ratio + 1e-9)
+        if s > minor.size:
+            raise ValueError(f"imbalance_ratio={config.imbalance_ratio} needs {s} examples of "
+                             f"classes >= {c // 2} but only {minor.size} are left")
+        kept = np.sort(np.concatenate([major, r_ir.choice(minor, s, replace=False)]))
+    labels = given[kept].copy()
+    num_noisy = math.floor(config.noise_ratio * kept.size + 0.5)
+    flip = r_nr.choice(kept.size, num_noisy, replace=False)
+    labels[flip] = r_nr.integers(0, c, size=num_noisy)
+    order = r_order.permutation(kept.size)
+    kept, labels = kept[order], labels[order]
+    if config.ablation == "overfit":
+        val_index, val_labels, val_from = (np.arange(len(source.test)),
+                                           np.asarray(source.test.clean_labels), "test")
+    elif config.ablation == "oversplit":
+        val_index, val_labels, val_from = np.arange(n_total), clean, "train"
+    else:
+        val_index, val_labels, val_from = val, clean[val], "train"
+    return Split(kept.astype(np.int64), labels.astype(np.int32),
+                 clean[kept].astype(np.int32), labels != clean[kept],
+                 val_index.astype(np.int64), np.asarray(val_labels).astype(np.int32),
+                 val_from, c)
 
 
 def _meta(split: Split, config: DistortionConfig, source: Any | None) -> dict[str, Any]:
-  meta = {"format": _FORMAT, "config": config.to_dict(), "val_from": split.val_from,
-          "num_classes": split.num_classes}
-  if source is not None:
-    meta["source"] = {"name": source.name, "num_classes": int(source.num_classes),
-                      "train_size": len(source.train)}
-  return meta
+    meta = {"format": _FORMAT, "config": config.to_dict(), "val_from": split.val_from,
+            "num_classes": split.num_classes}
+    if source is not None:
+        meta["source"] = {"name": source.name, "num_classes": int(source.num_classes),
+                          "train_size": len(source.train)}
+    return meta
 
 
 def save_split(path: str, split: Split, config: DistortionConfig,
                source: Any | None = None) -> None:
-  """Writes ``split`` to ``path`` (.npz) atomically (temporary file, then os.replace)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  arrays = {k: getattr(split, k) for k in _ARRAYS}
-  meta = json.dumps(_meta(split, config, source), sort_keys=True)
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, meta=np.array(meta), **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    """Writes ``split`` to ``path`` (.npz) atomically (temporary file, then os.replace)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    arrays = {k: getattr(split, k) for k in _ARRAYS}
+    meta = json.dumps(_meta(split, config, source), sort_keys=True)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(meta), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_split(path: str, config: DistortionConfig, source: Any | None = None) -> Split:
-  """Reads a split saved by :func:`save_split` and checks it matches the request.
+    """Reads a split saved by :func:`save_split` and checks it matches the request.
 
-  Raises:
-    ValueError: the file is corrupt, or was saved for other settings / another source.
-  """
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      meta = json.loads(str(data["meta"]))
-      arrays = {k: np.array(data[k]) for k in _ARRAYS}
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-    raise ValueError(f"saved split {path!r} is corrupt or not a split file "
-                     f"({type(e).__name__}: {e}); delete it to redraw the split") from e
-  expected = _meta(Split(*(arrays[k] for k in _ARRAYS), meta.get("val_from", ""),
-                         meta.get("num_classes", -1)), config, source)
-  diffs = []
-  for k in ("format", "config", "source"):
-    if k not in expected or meta.get(k) == expected[k]:
-      continue
-    saved, wanted = meta.get(k), expected[k]
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-      diffs += [f"{k}.{f}: saved {saved.get(f)!r}, requested {wanted.get(f)!r}"
-                for f in sorted(set(saved) | set(wanted)) if saved.get(f) != wanted.get(f)]
-    else:
-      diffs.append(f"{k}: saved {saved!r}, requested {wanted!r}")
-  if diffs:
-    raise ValueError(f"saved split {path!r} does not match the requested settings: "
-                     + "; ".join(diffs) + ". Use another workdir or the saved settings.")
-  n = arrays["train_index"].shape[0]
-  if any(arrays[k].shape != (n,) for k in _ARRAYS[:4]) or (
-      arrays["val_index"].shape != arrays["val_labels"].shape):
-    raise ValueError(f"saved split {path!r} is corrupt: inconsistent array shapes "
-                     f"{ {k: arrays[k].shape for k in _ARRAYS} }")
-  return Split(arrays["train_index"], arrays["train_labels"], arrays["train_clean_labels"],
-               arrays["noisy"].astype(bool), arrays["val_index"], arrays["val_labels"],
-               meta["val_from"], int(meta["num_classes"]))
+    Raises:
+        ValueError: the file is corrupt, or was saved for other settings / another source.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {k: np.array(data[k]) for k in _ARRAYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"saved split {path!r} is corrupt or not a split file "
+                         f"({type(e).__name__}: {e}); delete it to redraw the split") from e
+    expected = _meta(Split(*(arrays[k] for k in _ARRAYS), meta.get("val_from", ""),
+                           meta.get("num_classes", -1)), config, source)
+    diffs = []
+    for k in ("format", "config", "source"):
+        if k not in expected or meta.get(k) == expected[k]:
+            continue
+        saved, wanted = meta.get(k), expected[k]
+        if isinstance(saved, dict) and isinstance(wanted, dict):
+            diffs += [f"{k}.{f}: saved {saved.get(f)!r}, requested {wanted.get(f)!r}"
+                      for f in sorted(set(saved) | set(wanted)) if saved.get(f) != wanted.get(f)]
+        else:
+            diffs.append(f"{k}: saved {saved!r}, requested {wanted!r}")
+    if diffs:
+        raise ValueError(f"saved split {path!r} does not match the requested settings: "
+                         + "; ".join(diffs) + ". Use another workdir or the saved settings.")
+    n = arrays["train_index"].shape[0]
+    if any(arrays[k].shape != (n,) for k in _ARRAYS[:4]) or (
+        arrays["val_index"].shape != arrays["val_labels"].shape):
+        raise ValueError(f"saved split {path!r} is corrupt: inconsistent array shapes "
+                         f"{ {k: arrays[k].shape for k in _ARRAYS} }")
+    return Split(arrays["train_index"], arrays["train_labels"], arrays["train_clean_labels"],
+                 arrays["noisy"].astype(bool), arrays["val_index"], arrays["val_labels"],
+                 meta["val_from"], int(meta["num_classes"]))
 
 
 def make_or_load_split(path: str, source: Any, config: DistortionConfig) -> Split:
-  """Loads the split saved at ``path`` or draws and saves it.
+    """Loads the split saved at ``path`` or draws and saves it.
 
-  Args:
-    path: a workdir (the split lives in ``<path>/split.npz``) or a ``.npz`` file path.
-    source: the ``sources.Source`` the split indexes.
-    config: the requested distortion.
+    Args:
+        path: a workdir (the split lives in ``<path>/split.npz``) or a ``.npz`` file path.
+        source: the ``sources.Source`` the split indexes.
+        config: the requested distortion.
 
-  Returns:
-    The :class:`Split`; a saved one must match ``config`` and ``source`` (ValueError
-    otherwise; nothing is overwritten).
-  """
-  if not path.endswith(".npz"):
-    os.makedirs(path, exist_ok=True)
-    path = os.path.join(path, SPLIT_FILENAME)
-  if os.path.exists(path):
-    return load_split(path, config, source)
-  split = make_split(source, config)
-  save_split(path, split, config, source)
-  return split
+    Returns:
+        The :class:`Split`; a saved one must match ``config`` and ``source`` (ValueError
+        otherwise; nothing is overwritten).
+    """
+    if not path.endswith(".npz"):
+        os.makedirs(path, exist_ok=True)
+        path = os.path.join(path, SPLIT_FILENAME)
+    if os.path.exists(path):
+        return load_split(path, config, source)
+    split = make_split(source, config)
+    save_split(path, split, config, source)
+    return split
 
 
 def split_summary(split: Split) -> dict[str, Any]:
-  """Counts for logging: rows, per-class given/clean counts, noisy count, validation size."""
-  c = split.num_classes
-  return {"num_train": split.num_train, "num_val": int(split.val_index.size),
-          "val_from": split.val_from, "num_noisy": int(split.noisy.sum()),
-          "train_per_class": np.bincount(split.train_clean_labels, minlength=c).tolist(),
-          "given_per_class": np.bincount(split.train_labels, minlength=c).tolist(),
-          "val_per_class": np.bincount(split.val_labels, minlength=c).tolist()}
+    """Counts for logging: rows, per-class given/clean counts, noisy count, validation size."""
+    c = split.num_classes
+    return {"num_train": split.num_train, "num_val": int(split.val_index.size),
+            "val_from": split.val_from, "num_noisy": int(split.noisy.sum()),
+            "train_per_class": np.bincount(split.train_clean_labels, minlength=c).tolist(),
+            "given_per_class": np.bincount(split.train_labels, minlength=c).tolist(),
+            "val_per_class": np.bincount(split.val_labels, minlength=c).tolist()}

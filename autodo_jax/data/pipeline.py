@@ -22,267 +22,267 @@ from typing import Any
 
 import numpy as np
 
+from autodo_jax.data.transforms import host_transform
+
 Batch = dict[str, np.ndarray]
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def _check_process(process_index: int, process_count: int) -> None:
-  if not isinstance(process_count, int) or process_count < 1:
-    raise ValueError(f"process_count must be an int >= 1, got {process_count!r}")
-  if not isinstance(process_index, int) or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be an int in [0, {process_count}), "
-                     f"got {process_index!r}")
+    if not isinstance(process_count, int) or process_count < 1:
+        raise ValueError(f"process_count must be an int >= 1, got {process_count!r}")
+    if not isinstance(process_index, int) or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be an int in [0, {process_count}), "
+                         f"got {process_index!r}")
 
 
 def host_slice(global_size: int, process_index: int, process_count: int) -> slice:
-  """This process's contiguous slice of a global batch of ``global_size``."""
-  if global_size % process_count:
-    raise ValueError(f"global batch size {global_size} must be divisible by "
-                     f"process_count={process_count}")
-  per = global_size // process_count
-  return slice(process_index * per, (process_index + 1) * per)
+    """This process's contiguous slice of a global batch of ``global_size``."""
+    if global_size % process_count:
+        raise ValueError(f"global batch size {global_size} must be divisible by "
+                         f"process_count={process_count}")
+    per = global_size // process_count
+    return slice(process_index * per, (process_index + 1) * per)
 
 
 def prefetched(produce: Callable[[Any], Any], keys: Iterator[Any], size: int) -> Iterator[Any]:
-  """Yields ``(key, produce(key))`` for ``keys``, computed ahead in a background thread.
+    """Yields ``(key, produce(key))`` for ``keys``, computed ahead in a background thread.
 
-  Args:
-    produce: the (thread-safe) work per key.
-    keys: the keys, in order.
-    size: queue bound (batches ready ahead); 0 computes in the caller's thread.
-  """
-  if size <= 0:
-    for key in keys:
-      yield key, produce(key)
-    return
-  q: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-  done = object()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        q.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def work():
-    try:
-      for key in keys:
-        if stop.is_set() or not put((key, produce(key), None)):
-          return
-      put((done, None, None))
-    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the consumer)
-      put((done, None, e))
-
-  thread = threading.Thread(target=work, name="autodo-prefetch", daemon=True)
-  thread.start()
-  try:
-    while True:
-      key, value, error = q.get()
-      if key is done:
-        if error is not None:
-          raise error
+    Args:
+        produce: the (thread-safe) work per key.
+        keys: the keys, in order.
+        size: queue bound (batches ready ahead); 0 computes in the caller's thread.
+    """
+    if size <= 0:
+        for key in keys:
+            yield key, produce(key)
         return
-      yield key, value
-  finally:
-    stop.set()
-    thread.join(timeout=5)
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for key in keys:
+                if stop.is_set() or not put((key, produce(key), None)):
+                    return
+            put((done, None, None))
+        except BaseException as e:  # noqa: BLE001  re-raised in the consumer
+            put((done, None, e))
+
+    thread = threading.Thread(target=work, name="autodo-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            key, value, error = q.get()
+            if key is done:
+                if error is not None:
+                    raise error
+                return
+            yield key, value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 class BatchLoader:
-  """Random batches of (a subset of) a source split, positioned by (epoch, step).
+    """Random batches of (a subset of) a source split, positioned by (epoch, step).
 
-  Args:
-    source_split: random-access split (``len``, ``train_images(idx, rng)``).
-    index: int (N,) example of ``source_split`` for every row; ids are rows.
-    labels: int (N,) label of every row.
-    sampler: object with ``.steps_per_epoch`` and ``.batch_ids(epoch, step)`` giving the
-      global batch of rows, int (B,).
-    transform: ``transform(images uint8 (b,H,W,C), rng) -> float32 (b,H,W,C)``
-      (see ``transforms.host_transform``).
-    seed: seed of the host augmentation.
-    process_index, process_count: this process loads rows
-      ``[i*B/P, (i+1)*B/P)`` of every global batch.
-    prefetch: batches computed ahead in a background thread (0: none).
-    with_ids: include ``"ids"`` (int32 rows) in the batches.
-    random_decode: read images with ``train_images(idx, rng)`` (random-resized crop for
-      variable-size data) rather than the deterministic ``images(idx)``.
-  """
-
-  def __init__(self, source_split: Any, index: np.ndarray, labels: np.ndarray, sampler: Any,
-               transform: Transform, *, seed: int, process_index: int = 0,
-               process_count: int = 1, prefetch: int = 2, with_ids: bool = True,
-               random_decode: bool = True):
-    if not (hasattr(sampler, "batch_ids") and hasattr(sampler, "steps_per_epoch")):
-      raise TypeError("sampler must have .steps_per_epoch and .batch_ids(epoch, step), "
-                      f"got {type(sampler).__name__}")
-    if not callable(transform):
-      raise TypeError(f"transform must be callable(images, rng), got {transform!r}")
-    _check_process(process_index, process_count)
-    if not isinstance(prefetch, int) or prefetch < 0:
-      raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
-    self.index = np.asarray(index, dtype=np.int64)
-    self.labels = np.asarray(labels, dtype=np.int32)
-    if self.index.shape != self.labels.shape or self.index.ndim != 1:
-      raise ValueError(f"index {self.index.shape} and labels {self.labels.shape} must be "
-                       "equal (N,) shapes")
-    if self.index.size and (self.index.min() < 0 or self.index.max() >= len(source_split)):
-      raise ValueError(f"index values must lie in [0, {len(source_split)})")
-    self.source_split, self.sampler, self.transform = source_split, sampler, transform
-    self.seed, self.prefetch, self.with_ids = int(seed), prefetch, with_ids
-    self.random_decode = random_decode
-    self.process_index, self.process_count = process_index, process_count
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return int(self.sampler.steps_per_epoch)
-
-  def host_ids(self, epoch: int, step: int) -> np.ndarray:
-    """int32 (B / process_count,) rows of this process at (epoch, step)."""
-    ids = np.asarray(self.sampler.batch_ids(epoch, step)).reshape(-1)
-    ids = ids[host_slice(ids.size, self.process_index, self.process_count)]
-    if ids.size and (ids.min() < 0 or ids.max() >= self.index.size):
-      raise ValueError(f"sampler gave ids outside [0, {self.index.size}) at "
-                       f"(epoch={epoch}, step={step})")
-    return ids.astype(np.int32)
-
-  def batch(self, epoch: int, step: int) -> Batch:
-    """The batch at (epoch, step): ``{"images": float32 (b,H,W,C), "labels": int32 (b,),
-    "ids": int32 (b,)}`` with b = B / process_count; a pure function of the position."""
-    ids = self.host_ids(epoch, step)
-    rng = np.random.default_rng([self.seed, int(epoch), int(step), self.process_index])
-    examples = self.index[ids]
-    raw = (self.source_split.train_images(examples, rng) if self.random_decode
-           else self.source_split.images(examples))
-    images = self.transform(raw, rng)
-    out = {"images": images, "labels": self.labels[ids]}
-    if self.with_ids:
-      out["ids"] = ids
-    return out
-
-  def next_position(self, epoch: int, step: int) -> tuple[int, int]:
-    """The position after (epoch, step): what to checkpoint once that batch is consumed."""
-    return (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
-
-  def positions(self, epoch: int = 0, step: int = 0,
-                num_steps: int | None = None) -> Iterator[tuple[int, int]]:
-    """(epoch, step) from the given position on, across epochs; ``num_steps`` of them."""
-    spe = self.steps_per_epoch
-    if spe < 1:
-      raise ValueError("sampler.steps_per_epoch must be >= 1 (batch larger than the data?)")
-    if not 0 <= step < spe or epoch < 0:
-      raise ValueError(f"position must have epoch >= 0 and 0 <= step < {spe}, "
-                       f"got ({epoch}, {step})")
-    count = 0
-    while num_steps is None or count < num_steps:
-      yield epoch, step
-      count += 1
-      epoch, step = self.next_position(epoch, step)
-
-  def iterate(self, epoch: int = 0, step: int = 0,
-              num_steps: int | None = None) -> Iterator[tuple[int, int, Batch]]:
-    """Yields ``(epoch, step, batch)`` from (epoch, step) on, prefetched in a thread.
-
-    Closing the generator (or leaving the for loop) stops the thread. The position to
-    checkpoint after consuming a batch at (e, s) is the next one: (e, s + 1), or
-    (e + 1, 0) at the end of an epoch.
+    Args:
+        source_split: random-access split (``len``, ``train_images(idx, rng)``).
+        index: int (N,) example of ``source_split`` for every row; ids are rows.
+        labels: int (N,) label of every row.
+        sampler: object with ``.steps_per_epoch`` and ``.batch_ids(epoch, step)`` giving the
+            global batch of rows, int (B,).
+        transform: ``transform(images uint8 (b,H,W,C), rng) -> float32 (b,H,W,C)``
+            (see ``transforms.host_transform``).
+        seed: seed of the host augmentation.
+        process_index, process_count: this process loads rows
+            ``[i*B/P, (i+1)*B/P)`` of every global batch.
+        prefetch: batches computed ahead in a background thread (0: none).
+        with_ids: include ``"ids"`` (int32 rows) in the batches.
+        random_decode: read images with ``train_images(idx, rng)`` (random-resized crop for
+            variable-size data) rather than the deterministic ``images(idx)``.
     """
-    for (e, s), batch in prefetched(lambda pos: self.batch(*pos),
-                                  self.positions(epoch, step, num_steps), self.prefetch):
-      yield e, s, batch
 
-  def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, Batch]]:
-    """Yields ``(step, batch)`` for the rest of ``epoch`` from ``start_step``."""
-    n = self.steps_per_epoch - start_step
-    for _, s, batch in self.iterate(epoch, start_step, max(n, 0)):
-      yield s, batch
+    def __init__(self, source_split: Any, index: np.ndarray, labels: np.ndarray, sampler: Any,
+                 transform: Transform, *, seed: int, process_index: int = 0,
+                 process_count: int = 1, prefetch: int = 2, with_ids: bool = True,
+                 random_decode: bool = True):
+        if not (hasattr(sampler, "batch_ids") and hasattr(sampler, "steps_per_epoch")):
+            raise TypeError("sampler must have .steps_per_epoch and .batch_ids(epoch, step), "
+                            f"got {type(sampler).__name__}")
+        if not callable(transform):
+            raise TypeError(f"transform must be callable(images, rng), got {transform!r}")
+        _check_process(process_index, process_count)
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
+        self.index = np.asarray(index, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        if self.index.shape != self.labels.shape or self.index.ndim != 1:
+            raise ValueError(f"index {self.index.shape} and labels {self.labels.shape} must be "
+                             "equal (N,) shapes")
+        if self.index.size and (self.index.min() < 0 or self.index.max() >= len(source_split)):
+            raise ValueError(f"index values must lie in [0, {len(source_split)})")
+        self.source_split, self.sampler, self.transform = source_split, sampler, transform
+        self.seed, self.prefetch, self.with_ids = int(seed), prefetch, with_ids
+        self.random_decode = random_decode
+        self.process_index, self.process_count = process_index, process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(self.sampler.steps_per_epoch)
+
+    def host_ids(self, epoch: int, step: int) -> np.ndarray:
+        """int32 (B / process_count,) rows of this process at (epoch, step)."""
+        ids = np.asarray(self.sampler.batch_ids(epoch, step)).reshape(-1)
+        ids = ids[host_slice(ids.size, self.process_index, self.process_count)]
+        if ids.size and (ids.min() < 0 or ids.max() >= self.index.size):
+            raise ValueError(f"sampler gave ids outside [0, {self.index.size}) at "
+                             f"(epoch={epoch}, step={step})")
+        return ids.astype(np.int32)
+
+    def batch(self, epoch: int, step: int) -> Batch:
+        """The batch at (epoch, step): ``{"images": float32 (b,H,W,C), "labels": int32 (b,),
+        "ids": int32 (b,)}`` with b = B / process_count; a pure function of the position."""
+        ids = self.host_ids(epoch, step)
+        rng = np.random.default_rng([self.seed, int(epoch), int(step), self.process_index])
+        examples = self.index[ids]
+        raw = (self.source_split.train_images(examples, rng) if self.random_decode
+               else self.source_split.images(examples))
+        images = self.transform(raw, rng)
+        out = {"images": images, "labels": self.labels[ids]}
+        if self.with_ids:
+            out["ids"] = ids
+        return out
+
+    def next_position(self, epoch: int, step: int) -> tuple[int, int]:
+        """The position after (epoch, step): what to checkpoint once that batch is consumed."""
+        return (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
+
+    def positions(self, epoch: int = 0, step: int = 0,
+                  num_steps: int | None = None) -> Iterator[tuple[int, int]]:
+        """(epoch, step) from the given position on, across epochs; ``num_steps`` of them."""
+        spe = self.steps_per_epoch
+        if spe < 1:
+            raise ValueError("sampler.steps_per_epoch must be >= 1 (batch larger than the data?)")
+        if not 0 <= step < spe or epoch < 0:
+            raise ValueError(f"position must have epoch >= 0 and 0 <= step < {spe}, "
+                             f"got ({epoch}, {step})")
+        count = 0
+        while num_steps is None or count < num_steps:
+            yield epoch, step
+            count += 1
+            epoch, step = self.next_position(epoch, step)
+
+    def iterate(self, epoch: int = 0, step: int = 0,
+                num_steps: int | None = None) -> Iterator[tuple[int, int, Batch]]:
+        """Yields ``(epoch, step, batch)`` from (epoch, step) on, prefetched in a thread.
+
+        Closing the generator (or leaving the for loop) stops the thread. The position to
+        checkpoint after consuming a batch at (e, s) is the next one: (e, s + 1), or
+        (e + 1, 0) at the end of an epoch.
+        """
+        for (e, s), batch in prefetched(lambda pos: self.batch(*pos),
+                                      self.positions(epoch, step, num_steps), self.prefetch):
+            yield e, s, batch
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, Batch]]:
+        """Yields ``(step, batch)`` for the rest of ``epoch`` from ``start_step``."""
+        n = self.steps_per_epoch - start_step
+        for _, s, batch in self.iterate(epoch, start_step, max(n, 0)):
+            yield s, batch
 
 
-def TrainLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,  # pylint: disable=invalid-name
+def TrainLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
                 process_index: int = 0, process_count: int = 1,
                 prefetch: int = 2) -> BatchLoader:
-  """Train batches ``{"images", "labels", "ids"}`` of a distorted split (ids = table rows).
+    """Train batches ``{"images", "labels", "ids"}`` of a distorted split (ids = table rows).
 
-  Args:
-    source: ``sources.Source``; split: ``distortion.Split``; the rest as ``BatchLoader``.
-  """
-  return BatchLoader(source.train, split.train_index, split.train_labels, sampler, transform,
-                     seed=seed, process_index=process_index, process_count=process_count,
-                     prefetch=prefetch, with_ids=True)
+    Args:
+        source: ``sources.Source``; split: ``distortion.Split``; the rest as ``BatchLoader``.
+    """
+    return BatchLoader(source.train, split.train_index, split.train_labels, sampler, transform,
+                       seed=seed, process_index=process_index, process_count=process_count,
+                       prefetch=prefetch, with_ids=True)
 
 
-def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,  # pylint: disable=invalid-name
+def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
               process_index: int = 0, process_count: int = 1,
               prefetch: int = 2) -> BatchLoader:
-  """Random validation batches ``{"images", "labels"}`` (clean labels) for hyper steps.
+    """Random validation batches ``{"images", "labels"}`` (clean labels) for hyper steps.
 
-  ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
-  ``host_transform("none", source.family)`` (no augmentation); images are decoded
-  deterministically (centre crop for ImageNet). Reads the test split for the
-  ``overfit`` ablation.
-  """
-  data = source.test if split.val_from == "test" else source.train
-  return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
-                     process_index=process_index, process_count=process_count,
-                     prefetch=prefetch, with_ids=False, random_decode=False)
+    ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
+    ``host_transform("none", source.family)`` (no augmentation); images are decoded
+    deterministically (centre crop for ImageNet). Reads the test split for the
+    ``overfit`` ablation.
+    """
+    data = source.test if split.val_from == "test" else source.train
+    return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
+                       process_index=process_index, process_count=process_count,
+                       prefetch=prefetch, with_ids=False, random_decode=False)
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:
-  return -(-n // batch_size)
+    return -(-n // batch_size)
 
 
 def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch_size: int,
                  *, transform: Transform, process_index: int = 0, process_count: int = 1,
                  prefetch: int = 2) -> Iterator[Batch]:
-  """Fixed-order evaluation batches, the last one padded.
+    """Fixed-order evaluation batches, the last one padded.
 
-  Args:
-    source_split: random-access split (``images(idx)``).
-    index: int (n,) examples to evaluate; labels: int (n,).
-    batch_size: global batch size B (divisible by process_count).
-    transform: normally ``host_transform("none", family)`` (normalisation only).
+    Args:
+        source_split: random-access split (``images(idx)``).
+        index: int (n,) examples to evaluate; labels: int (n,).
+        batch_size: global batch size B (divisible by process_count).
+        transform: normally ``host_transform("none", family)`` (normalisation only).
 
-  Yields:
-    ``{"images": float32 (B/P,H,W,C), "labels": int32 (B/P,), "mask": bool (B/P,)}``,
-    ceil(n / B) batches; padded slots repeat example ``index[0]`` with mask False.
-  """
-  _check_process(process_index, process_count)
-  index = np.asarray(index, dtype=np.int64)
-  labels = np.asarray(labels, dtype=np.int32)
-  if index.shape != labels.shape or index.ndim != 1 or index.size == 0:
-    raise ValueError(f"index {index.shape} and labels {labels.shape} must be equal, "
-                     "non-empty (n,) shapes")
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-  part = host_slice(batch_size, process_index, process_count)
-  rng = np.random.default_rng(0)   # eval transforms are deterministic; rng unused
+    Yields:
+        ``{"images": float32 (B/P,H,W,C), "labels": int32 (B/P,), "mask": bool (B/P,)}``,
+        ceil(n / B) batches; padded slots repeat example ``index[0]`` with mask False.
+    """
+    _check_process(process_index, process_count)
+    index = np.asarray(index, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int32)
+    if index.shape != labels.shape or index.ndim != 1 or index.size == 0:
+        raise ValueError(f"index {index.shape} and labels {labels.shape} must be equal, "
+                         "non-empty (n,) shapes")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    part = host_slice(batch_size, process_index, process_count)
+    rng = np.random.default_rng(0)   # eval transforms are deterministic; rng unused
 
-  def produce(b: int) -> Batch:
-    pos = np.arange(b * batch_size, (b + 1) * batch_size)[part]
-    mask = pos < index.size
-    pos = np.where(mask, pos, 0)
-    images = transform(source_split.images(index[pos]), rng)
-    return {"images": images, "labels": labels[pos], "mask": mask}
+    def produce(b: int) -> Batch:
+        pos = np.arange(b * batch_size, (b + 1) * batch_size)[part]
+        mask = pos < index.size
+        pos = np.where(mask, pos, 0)
+        images = transform(source_split.images(index[pos]), rng)
+        return {"images": images, "labels": labels[pos], "mask": mask}
 
-  for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))),
-                           prefetch):
-    yield batch
+    for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))),
+                             prefetch):
+        yield batch
 
 
 def eval_val_batches(source: Any, split: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
-  """``eval_batches`` over the split's validation set (test split for ``overfit``),
-  normalised only; kwargs: process_index, process_count, prefetch."""
-  from autodo_jax.data.transforms import host_transform  # pylint: disable=g-import-not-at-top
-  data = source.test if split.val_from == "test" else source.train
-  return eval_batches(data, split.val_index, split.val_labels, batch_size,
-                      transform=host_transform("none", source.family), **kwargs)
+    """``eval_batches`` over the split's validation set (test split for ``overfit``),
+    normalised only; kwargs: process_index, process_count, prefetch."""
+    data = source.test if split.val_from == "test" else source.train
+    return eval_batches(data, split.val_index, split.val_labels, batch_size,
+                        transform=host_transform("none", source.family), **kwargs)
 
 
 def eval_test_batches(source: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
-  """``eval_batches`` over the whole test split (clean labels), normalised only."""
-  from autodo_jax.data.transforms import host_transform  # pylint: disable=g-import-not-at-top
-  return eval_batches(source.test, np.arange(len(source.test)), source.test.clean_labels,
-                      batch_size, transform=host_transform("none", source.family), **kwargs)
+    """``eval_batches`` over the whole test split (clean labels), normalised only."""
+    return eval_batches(source.test, np.arange(len(source.test)), source.test.clean_labels,
+                        batch_size, transform=host_transform("none", source.family), **kwargs)

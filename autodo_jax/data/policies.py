@@ -25,9 +25,9 @@ OpFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 
 def _cutout(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  n, h, w, _ = x.shape
-  cx, cy = rng.uniform(0, w, size=n), rng.uniform(0, h, size=n)
-  return pil_ops.cutout(x, np.asarray(v) * w, cx, cy)
+    n, h, w, _ = x.shape
+    cx, cy = rng.uniform(0, w, size=n), rng.uniform(0, h, size=n)
+    return pil_ops.cutout(x, np.asarray(v) * w, cx, cy)
 
 
 #: Op name -> fn(images, values (n,), rng). Values are already signed / mapped to range.
@@ -62,100 +62,100 @@ COLOUR_OPS = RANDAUGMENT_OPS[:6]
 
 @functools.lru_cache(maxsize=1)
 def policy_data() -> dict[str, Any]:
-  """The parsed ``policies.json`` (Fast-AA / DADA policies and op ranges)."""
-  text = importlib.resources.files("autodo_jax.data").joinpath("policies.json").read_text()
-  return json.loads(text)
+    """The parsed ``policies.json`` (Fast-AA / DADA policies and op ranges)."""
+    text = importlib.resources.files("autodo_jax.data").joinpath("policies.json").read_text()
+    return json.loads(text)
 
 
 def apply_ops(images: np.ndarray, op_idx: np.ndarray, values: np.ndarray,
               names: Sequence[str], rng: np.random.Generator) -> np.ndarray:
-  """Applies slot after slot: image i gets op ``names[op_idx[i, s]]`` with ``values[i, s]``.
+    """Applies slot after slot: image i gets op ``names[op_idx[i, s]]`` with ``values[i, s]``.
 
-  Args:
-    images: uint8 (B,H,W,C).
-    op_idx: int (B, S), -1 = nothing in that slot.
-    values: float (B, S).
-  """
-  out = images.copy()
-  for s in range(op_idx.shape[1]):
-    for k in np.unique(op_idx[:, s]):
-      if k < 0:
-        continue
-      sel = np.flatnonzero(op_idx[:, s] == k)
-      out[sel] = OPS[names[k]](out[sel], values[sel, s], rng)
-  return out
+    Args:
+        images: uint8 (B,H,W,C).
+        op_idx: int (B, S), -1 = nothing in that slot.
+        values: float (B, S).
+    """
+    out = images.copy()
+    for s in range(op_idx.shape[1]):
+        for k in np.unique(op_idx[:, s]):
+            if k < 0:
+                continue
+            sel = np.flatnonzero(op_idx[:, s] == k)
+            out[sel] = OPS[names[k]](out[sel], values[sel, s], rng)
+    return out
 
 
 def _signs(names: Sequence[str], op_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  geometric = np.array([n in GEOMETRIC for n in names] + [False])   # index -1 -> False
-  flip = rng.random(op_idx.shape) > 0.5
-  return np.where(geometric[op_idx] & flip, -1.0, 1.0)
+    geometric = np.array([n in GEOMETRIC for n in names] + [False])   # index -1 -> False
+    flip = rng.random(op_idx.shape) > 0.5
+    return np.where(geometric[op_idx] & flip, -1.0, 1.0)
 
 
 class RandAugment:
-  """The original's RandAugment(N, M): N ops drawn with replacement, random magnitude.
+    """The original's RandAugment(N, M): N ops drawn with replacement, random magnitude.
 
-  Args:
-    n: ops per image; m: magnitude in [0, 30]; colour_only: use the colour-only subset
-      (the original's RandSubAugment, applied alongside learned augmentation).
-  """
+    Args:
+        n: ops per image; m: magnitude in [0, 30]; colour_only: use the colour-only subset
+            (the original's RandSubAugment, applied alongside learned augmentation).
+    """
 
-  def __init__(self, n: int, m: float, *, colour_only: bool = False):
-    if not isinstance(n, int) or n < 0:
-      raise ValueError(f"RandAugment n must be an int >= 0, got {n!r}")
-    if not 0 <= m <= 30:
-      raise ValueError(f"RandAugment m must lie in [0, 30], got {m!r}")
-    self.n, self.m = n, float(m)
-    table = COLOUR_OPS if colour_only else RANDAUGMENT_OPS
-    self.names = tuple(t[0] for t in table)
-    self.lo = np.array([t[1] for t in table], np.float64)
-    self.hi = np.array([t[2] for t in table], np.float64)
+    def __init__(self, n: int, m: float, *, colour_only: bool = False):
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"RandAugment n must be an int >= 0, got {n!r}")
+        if not 0 <= m <= 30:
+            raise ValueError(f"RandAugment m must lie in [0, 30], got {m!r}")
+        self.n, self.m = n, float(m)
+        table = COLOUR_OPS if colour_only else RANDAUGMENT_OPS
+        self.names = tuple(t[0] for t in table)
+        self.lo = np.array([t[1] for t in table], np.float64)
+        self.hi = np.array([t[2] for t in table], np.float64)
 
-  def sample(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(op_idx int (b, n), values float (b, n))."""
-    op_idx = rng.integers(0, len(self.names), size=(b, self.n))
-    u = rng.random((b, self.n))
-    values = self.lo[op_idx] + u * (self.m / 30.0) * (self.hi - self.lo)[op_idx]
-    return op_idx, values * _signs(self.names, op_idx, rng)
+    def sample(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(op_idx int (b, n), values float (b, n))."""
+        op_idx = rng.integers(0, len(self.names), size=(b, self.n))
+        u = rng.random((b, self.n))
+        values = self.lo[op_idx] + u * (self.m / 30.0) * (self.hi - self.lo)[op_idx]
+        return op_idx, values * _signs(self.names, op_idx, rng)
 
-  def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    op_idx, values = self.sample(images.shape[0], rng)
-    return apply_ops(images, op_idx, values, self.names, rng)
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        op_idx, values = self.sample(images.shape[0], rng)
+        return apply_ops(images, op_idx, values, self.names, rng)
 
 
 class SubPolicyAugment:
-  """A Fast AutoAugment or DADA policy from ``policies.json`` by name.
+    """A Fast AutoAugment or DADA policy from ``policies.json`` by name.
 
-  Per image: one sub-policy uniformly; each of its ops applied with its probability;
-  value = level * (hi - lo) + lo (DADA clips level to [0, 1] first); geometric values
-  flip sign with probability 0.5.
-  """
+    Per image: one sub-policy uniformly; each of its ops applied with its probability;
+    value = level * (hi - lo) + lo (DADA clips level to [0, 1] first); geometric values
+    flip sign with probability 0.5.
+    """
 
-  def __init__(self, name: str):
-    data = policy_data()
-    if name not in data["policies"]:
-      raise ValueError(f"unknown policy set {name!r}; allowed: {sorted(data['policies'])}")
-    subs = data["policies"][name]
-    self.name = name
-    self.names = tuple(sorted({op for sub in subs for op, _, _ in sub}))
-    lookup = {n: i for i, n in enumerate(self.names)}
-    self.op_idx = np.array([[lookup[op] for op, _, _ in sub] for sub in subs], np.int64)
-    self.prob = np.array([[p for _, p, _ in sub] for sub in subs], np.float64)
-    level = np.array([[lv for _, _, lv in sub] for sub in subs], np.float64)
-    if name.startswith("dada"):
-      level = np.clip(level, 0.0, 1.0)
-    ranges = data["op_ranges"]
-    lo = np.array([ranges[n]["lo"] for n in self.names], np.float64)
-    hi = np.array([ranges[n]["hi"] for n in self.names], np.float64)
-    self.value = level * (hi - lo)[self.op_idx] + lo[self.op_idx]
+    def __init__(self, name: str):
+        data = policy_data()
+        if name not in data["policies"]:
+            raise ValueError(f"unknown policy set {name!r}; allowed: {sorted(data['policies'])}")
+        subs = data["policies"][name]
+        self.name = name
+        self.names = tuple(sorted({op for sub in subs for op, _, _ in sub}))
+        lookup = {n: i for i, n in enumerate(self.names)}
+        self.op_idx = np.array([[lookup[op] for op, _, _ in sub] for sub in subs], np.int64)
+        self.prob = np.array([[p for _, p, _ in sub] for sub in subs], np.float64)
+        level = np.array([[lv for _, _, lv in sub] for sub in subs], np.float64)
+        if name.startswith("dada"):
+            level = np.clip(level, 0.0, 1.0)
+        ranges = data["op_ranges"]
+        lo = np.array([ranges[n]["lo"] for n in self.names], np.float64)
+        hi = np.array([ranges[n]["hi"] for n in self.names], np.float64)
+        self.value = level * (hi - lo)[self.op_idx] + lo[self.op_idx]
 
-  def sample(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(op_idx int (b, 2), values float (b, 2)); op index -1 where not applied."""
-    sub = rng.integers(0, self.op_idx.shape[0], size=b)
-    applied = rng.random((b, self.op_idx.shape[1])) < self.prob[sub]
-    op_idx = np.where(applied, self.op_idx[sub], -1)
-    return op_idx, self.value[sub] * _signs(self.names, op_idx, rng)
+    def sample(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(op_idx int (b, 2), values float (b, 2)); op index -1 where not applied."""
+        sub = rng.integers(0, self.op_idx.shape[0], size=b)
+        applied = rng.random((b, self.op_idx.shape[1])) < self.prob[sub]
+        op_idx = np.where(applied, self.op_idx[sub], -1)
+        return op_idx, self.value[sub] * _signs(self.names, op_idx, rng)
 
-  def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    op_idx, values = self.sample(images.shape[0], rng)
-    return apply_ops(images, op_idx, values, self.names, rng)
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        op_idx, values = self.sample(images.shape[0], rng)
+        return apply_ops(images, op_idx, values, self.names, rng)

@@ -20,28 +20,29 @@ from typing import Any
 
 import numpy as np
 
+from autodo_jax.data import imagenet
 from autodo_jax.data import mnist5k as _mnist5k
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS dataset has no prepared array_record files under the data directory."""
+    """A TFDS dataset has no prepared array_record files under the data directory."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """Facts of a known dataset (the original's settings where it has them).
+    """Facts of a known dataset (the original's settings where it has them).
 
-  Attributes:
-    family: preprocessing family, a key of ``policies.FAMILIES``.
-    val_size: size of the clean validation split (int) or its fraction of train (float).
-    test_split: TFDS split used as the test set.
-    label_keys: allowed ``label_key`` values (first = default); for CIFAR-N every key but
-      ``"label"`` is a real noisy annotation and ``"label"`` is the clean one.
-  """
-  family: str
-  val_size: int | float
-  test_split: str = "test"
-  label_keys: tuple[str, ...] = ("label",)
+    Attributes:
+        family: preprocessing family, a key of ``policies.FAMILIES``.
+        val_size: size of the clean validation split (int) or its fraction of train (float).
+        test_split: TFDS split used as the test set.
+        label_keys: allowed ``label_key`` values (first = default); for CIFAR-N every key but
+            ``"label"`` is a real noisy annotation and ``"label"`` is the clean one.
+    """
+    family: str
+    val_size: int | float
+    test_split: str = "test"
+    label_keys: tuple[str, ...] = ("label",)
 
 
 #: Known datasets. Any other TFDS image-classification name also loads (family
@@ -65,270 +66,268 @@ IMAGENET_RESIZE = 256
 
 
 def _as_index(idx: Any, n: int) -> np.ndarray:
-  index = np.asarray(idx, dtype=np.int64).reshape(-1)
-  if index.size and (index.min() < 0 or index.max() >= n):
-    raise IndexError(f"indices must lie in [0, {n}), got [{index.min()}, {index.max()}]")
-  return index
+    index = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if index.size and (index.min() < 0 or index.max() >= n):
+        raise IndexError(f"indices must lie in [0, {n}), got [{index.min()}, {index.max()}]")
+    return index
 
 
 class ArraySplit:
-  """An in-memory split.
+    """An in-memory split.
 
-  Args:
-    images: uint8 (n, H, W, C).
-    labels: int (n,), the given labels.
-    clean_labels: int (n,) true labels, or None when ``labels`` are the true labels.
-  """
+    Args:
+        images: uint8 (n, H, W, C).
+        labels: int (n,), the given labels.
+        clean_labels: int (n,) true labels, or None when ``labels`` are the true labels.
+    """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray,
-               clean_labels: np.ndarray | None = None):
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-      raise TypeError(f"images must be uint8 (n, H, W, C), got {images.dtype} {images.shape}")
-    self._images = images
-    self.labels = np.asarray(labels, dtype=np.int64)
-    self.clean_labels = (self.labels if clean_labels is None
-                         else np.asarray(clean_labels, dtype=np.int64))
-    if not (self.labels.shape == self.clean_labels.shape == (images.shape[0],)):
-      raise ValueError(f"labels {self.labels.shape} / clean_labels {self.clean_labels.shape} "
-                       f"must be ({images.shape[0]},)")
-    self.image_shape = tuple(images.shape[1:])
+    def __init__(self, images: np.ndarray, labels: np.ndarray,
+                 clean_labels: np.ndarray | None = None):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise TypeError(f"images must be uint8 (n, H, W, C), got {images.dtype} {images.shape}")
+        self._images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.clean_labels = (self.labels if clean_labels is None
+                             else np.asarray(clean_labels, dtype=np.int64))
+        if not (self.labels.shape == self.clean_labels.shape == (images.shape[0],)):
+            raise ValueError(f"labels {self.labels.shape} / clean_labels {self.clean_labels.shape} "
+                             f"must be ({images.shape[0]},)")
+        self.image_shape = tuple(images.shape[1:])
 
-  def __len__(self) -> int:
-    return self._images.shape[0]
+    def __len__(self) -> int:
+        return self._images.shape[0]
 
-  def images(self, idx: Any) -> np.ndarray:
-    """uint8 (n, H, W, C) images at ``idx`` (any int array-like)."""
-    return self._images[_as_index(idx, len(self))]
+    def images(self, idx: Any) -> np.ndarray:
+        """uint8 (n, H, W, C) images at ``idx`` (any int array-like)."""
+        return self._images[_as_index(idx, len(self))]
 
-  def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
-    """Same as ``images`` (fixed-size data needs no random decoding); ``rng`` unused."""
-    del rng
-    return self.images(idx)
+    def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
+        """Same as ``images`` (fixed-size data needs no random decoding); ``rng`` unused."""
+        del rng
+        return self.images(idx)
 
 
 class _RecordReader:
-  """Random access over one or more TFDS data sources laid end to end."""
+    """Random access over one or more TFDS data sources laid end to end."""
 
-  def __init__(self, sources: Sequence[Any]):
-    self._sources = list(sources)
-    self._offsets = np.cumsum([0] + [len(s) for s in self._sources])
-    self._batched = [True] * len(self._sources)
+    def __init__(self, sources: Sequence[Any]):
+        self._sources = list(sources)
+        self._offsets = np.cumsum([0] + [len(s) for s in self._sources])
+        self._batched = [True] * len(self._sources)
 
-  def __len__(self) -> int:
-    return int(self._offsets[-1])
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
 
-  def read(self, index: np.ndarray) -> list[dict[str, Any]]:
-    out: list[Any] = [None] * index.size
-    which = np.searchsorted(self._offsets, index, side="right") - 1
-    for s in np.unique(which):
-      pos = np.flatnonzero(which == s)
-      keys = [int(k) for k in index[pos] - self._offsets[s]]
-      records = None
-      if self._batched[s]:
-        try:
-          records = self._sources[s].__getitems__(keys)
-        except (TypeError, AttributeError):  # tfds 4.9.10's default mock lacks it
-          self._batched[s] = False
-      if records is None:
-        records = [self._sources[s][k] for k in keys]
-      for p, r in zip(pos, records):
-        out[p] = r
-    return out
+    def read(self, index: np.ndarray) -> list[dict[str, Any]]:
+        out: list[Any] = [None] * index.size
+        which = np.searchsorted(self._offsets, index, side="right") - 1
+        for s in np.unique(which):
+            pos = np.flatnonzero(which == s)
+            keys = [int(k) for k in index[pos] - self._offsets[s]]
+            records = None
+            if self._batched[s]:
+                try:
+                    records = self._sources[s].__getitems__(keys)
+                except (TypeError, AttributeError):  # tfds 4.9.10's default mock lacks it
+                    self._batched[s] = False
+            if records is None:
+                records = [self._sources[s][k] for k in keys]
+            for p, r in zip(pos, records):
+                out[p] = r
+        return out
 
 
 class TfdsSplit:
-  """A lazily read TFDS split (records decoded on demand).
+    """A lazily read TFDS split (records decoded on demand).
 
-  Args:
-    reader: the records.
-    labels, clean_labels: int64 (n,).
-    image_shape: (H, W, C) of the images it returns.
-    train_size, eval_resize: for variable-size images (ImageNet) the random-resized-crop
-      size of ``train_images`` and the shorter-side resize before the centre crop of
-      ``images``; None for fixed-size data.
-  """
+    Args:
+        reader: the records.
+        labels, clean_labels: int64 (n,).
+        image_shape: (H, W, C) of the images it returns.
+        train_size, eval_resize: for variable-size images (ImageNet) the random-resized-crop
+            size of ``train_images`` and the shorter-side resize before the centre crop of
+            ``images``; None for fixed-size data.
+    """
 
-  def __init__(self, reader: _RecordReader, labels: np.ndarray, clean_labels: np.ndarray,
-               image_shape: tuple[int, int, int], train_size: int | None = None,
-               eval_resize: int | None = None):
-    self._reader = reader
-    self.labels, self.clean_labels = labels, clean_labels
-    self.image_shape = image_shape
-    self._train_size, self._eval_resize = train_size, eval_resize
+    def __init__(self, reader: _RecordReader, labels: np.ndarray, clean_labels: np.ndarray,
+                 image_shape: tuple[int, int, int], train_size: int | None = None,
+                 eval_resize: int | None = None):
+        self._reader = reader
+        self.labels, self.clean_labels = labels, clean_labels
+        self.image_shape = image_shape
+        self._train_size, self._eval_resize = train_size, eval_resize
 
-  def __len__(self) -> int:
-    return len(self._reader)
+    def __len__(self) -> int:
+        return len(self._reader)
 
-  def _raw(self, idx: Any) -> list[np.ndarray]:
-    return [np.asarray(r["image"]) for r in self._reader.read(_as_index(idx, len(self)))]
+    def _raw(self, idx: Any) -> list[np.ndarray]:
+        return [np.asarray(r["image"]) for r in self._reader.read(_as_index(idx, len(self)))]
 
-  def images(self, idx: Any) -> np.ndarray:
-    """uint8 (n, H, W, C); variable-size images are resized and centre-cropped."""
-    raw = self._raw(idx)
-    if self._train_size is None:
-      return np.stack(raw).astype(np.uint8, copy=False).reshape((-1, *self.image_shape))
-    from autodo_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    return imagenet.resize_center_crop(raw, self._eval_resize, self._train_size)
+    def images(self, idx: Any) -> np.ndarray:
+        """uint8 (n, H, W, C); variable-size images are resized and centre-cropped."""
+        raw = self._raw(idx)
+        if self._train_size is None:
+            return np.stack(raw).astype(np.uint8, copy=False).reshape((-1, *self.image_shape))
+        return imagenet.resize_center_crop(raw, self._eval_resize, self._train_size)
 
-  def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (n, H, W, C); variable-size images get a random-resized crop from ``rng``."""
-    if self._train_size is None:
-      return self.images(idx)
-    from autodo_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    return imagenet.random_resized_crop(self._raw(idx), self._train_size, rng)
+    def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
+        """uint8 (n, H, W, C); variable-size images get a random-resized crop from ``rng``."""
+        if self._train_size is None:
+            return self.images(idx)
+        return imagenet.random_resized_crop(self._raw(idx), self._train_size, rng)
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A dataset: metadata and its train / test splits.
+    """A dataset: metadata and its train / test splits.
 
-  Attributes:
-    name: dataset name as loaded (``"svhn_cropped+extra"`` when extra is added).
-    num_classes: C.
-    image_shape: (H, W, C) of the images the splits return.
-    family: preprocessing family (key of ``policies.FAMILIES``).
-    val_size: default clean validation size (int count or float fraction of train).
-    label_key: TFDS feature used as the given train labels.
-    train, test: random-access splits (``ArraySplit`` or ``TfdsSplit``).
-  """
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  family: str
-  val_size: int | float
-  label_key: str
-  train: Any
-  test: Any
+    Attributes:
+        name: dataset name as loaded (``"svhn_cropped+extra"`` when extra is added).
+        num_classes: C.
+        image_shape: (H, W, C) of the images the splits return.
+        family: preprocessing family (key of ``policies.FAMILIES``).
+        val_size: default clean validation size (int count or float fraction of train).
+        label_key: TFDS feature used as the given train labels.
+        train, test: random-access splits (``ArraySplit`` or ``TfdsSplit``).
+    """
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    family: str
+    val_size: int | float
+    label_key: str
+    train: Any
+    test: Any
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
-  where = data_dir or "~/tensorflow_datasets"
-  manual = ("; ImageNet and CIFAR-N need their manual files in <data_dir>/downloads/manual "
-            "first" if name in ("imagenet2012", "cifar10_n", "cifar100_n") else "")
-  return (f"Dataset {name!r} is not prepared under data_dir={where!r}. Prepare it once on a "
-          f"machine with TensorFlow and network access: `tfds build {name} "
-          f"--data_dir={where} --file_format=array_record`{manual}; then pass "
-          f"--data_dir={where}. Training never downloads data.")
+    where = data_dir or "~/tensorflow_datasets"
+    manual = ("; ImageNet and CIFAR-N need their manual files in <data_dir>/downloads/manual "
+              "first" if name in ("imagenet2012", "cifar10_n", "cifar100_n") else "")
+    return (f"Dataset {name!r} is not prepared under data_dir={where!r}. Prepare it once on a "
+            f"machine with TensorFlow and network access: `tfds build {name} "
+            f"--data_dir={where} --file_format=array_record`{manual}; then pass "
+            f"--data_dir={where}. Training never downloads data.")
 
 
 def _tfds_sources(name: str, splits: Sequence[str], data_dir: str | None) -> list[Any]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  out = []
-  for split in splits:
-    try:
-      out.append(tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                  try_gcs=False))
-    except Exception as e:  # tfds raises assorted errors for missing/partial data
-      raise DatasetNotPreparedError(_prepare_hint(name, data_dir) +
-                                    f" (split {split!r}: {type(e).__name__}: {e})") from e
-  return out
+    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
+    out = []
+    for split in splits:
+        try:
+            out.append(tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                        try_gcs=False))
+        except Exception as e:  # tfds raises assorted errors for missing/partial data
+            raise DatasetNotPreparedError(_prepare_hint(name, data_dir) +
+                                          f" (split {split!r}: {type(e).__name__}: {e})") from e
+    return out
 
 
 def _read_labels(sources: Sequence[Any], splits: Sequence[str], key: str, name: str,
                  data_dir: str | None) -> np.ndarray:
-  """Reads one int label field of every record, skipping image decoding where possible."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  labels = []
-  for src, split in zip(sources, splits):
-    try:
-      fast = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              decoders={"image": tfds.decode.SkipDecoding()})
-      values = [fast[i][key] for i in range(len(src))]
-    except Exception:  # pylint: disable=broad-except  (mock data cannot skip decoding)
-      values = [src[i][key] for i in range(len(src))]
-    labels.append(np.asarray(values, dtype=np.int64).reshape(-1))
-  return np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    """Reads one int label field of every record, skipping image decoding where possible."""
+    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
+    labels = []
+    for src, split in zip(sources, splits):
+        try:
+            fast = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                    decoders={"image": tfds.decode.SkipDecoding()})
+            values = [fast[i][key] for i in range(len(src))]
+        except Exception:  # noqa: BLE001  mock data cannot skip decoding
+            values = [src[i][key] for i in range(len(src))]
+        labels.append(np.asarray(values, dtype=np.int64).reshape(-1))
+    return np.concatenate(labels) if labels else np.zeros((0,), np.int64)
 
 
 def _load_tfds_split(name: str, splits: Sequence[str], data_dir: str | None,
                      label_key: str, image_shape: tuple, in_memory: bool,
                      image_size: int) -> Any:
-  sources = _tfds_sources(name, splits, data_dir)
-  reader = _RecordReader(sources)
-  if in_memory:
-    records = reader.read(np.arange(len(reader)))
-    images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
-    labels = np.array([r[label_key] for r in records], dtype=np.int64)
-    clean = np.array([r["label"] for r in records], dtype=np.int64)
-    return ArraySplit(images.reshape((-1, *image_shape)), labels, clean)
-  labels = _read_labels(sources, splits, label_key, name, data_dir)
-  clean = (labels if label_key == "label"
-           else _read_labels(sources, splits, "label", name, data_dir))
-  if None in image_shape:
-    channels = image_shape[2] or 3
-    return TfdsSplit(reader, labels, clean, (image_size, image_size, channels),
-                     train_size=image_size, eval_resize=round(image_size * 256 / 224))
-  return TfdsSplit(reader, labels, clean, tuple(image_shape))
+    sources = _tfds_sources(name, splits, data_dir)
+    reader = _RecordReader(sources)
+    if in_memory:
+        records = reader.read(np.arange(len(reader)))
+        images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
+        labels = np.array([r[label_key] for r in records], dtype=np.int64)
+        clean = np.array([r["label"] for r in records], dtype=np.int64)
+        return ArraySplit(images.reshape((-1, *image_shape)), labels, clean)
+    labels = _read_labels(sources, splits, label_key, name, data_dir)
+    clean = (labels if label_key == "label"
+             else _read_labels(sources, splits, "label", name, data_dir))
+    if None in image_shape:
+        channels = image_shape[2] or 3
+        return TfdsSplit(reader, labels, clean, (image_size, image_size, channels),
+                         train_size=image_size, eval_resize=round(image_size * 256 / 224))
+    return TfdsSplit(reader, labels, clean, tuple(image_shape))
 
 
 def _tfds_info(name: str, data_dir: str | None) -> tuple[int, tuple]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-        f"unknown dataset name {name!r}: allowed are {sorted(DATASETS)} or any TFDS "
-        "image-classification dataset name") from None
-  features = builder.info.features
-  if "image" not in features or "label" not in features or not hasattr(
-      features["label"], "num_classes"):
-    raise ValueError(f"dataset {name!r} is not an image-classification dataset: it needs "
-                     f"an 'image' and a ClassLabel 'label' feature, has {list(features)}")
-  return int(features["label"].num_classes), tuple(features["image"].shape)
+    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(
+            f"unknown dataset name {name!r}: allowed are {sorted(DATASETS)} or any TFDS "
+            "image-classification dataset name") from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features or not hasattr(
+        features["label"], "num_classes"):
+        raise ValueError(f"dataset {name!r} is not an image-classification dataset: it needs "
+                         f"an 'image' and a ClassLabel 'label' feature, has {list(features)}")
+    return int(features["label"].num_classes), tuple(features["image"].shape)
 
 
 def load_source(name: str, *, data_dir: str | None = None, label_key: str | None = None,
                 extra: bool = False, in_memory: bool | None = None,
                 image_size: int = IMAGENET_TRAIN_SIZE) -> Source:
-  """Loads a dataset's train and test splits.
+    """Loads a dataset's train and test splits.
 
-  Args:
-    name: ``"mnist5k"`` (embedded, offline), a key of ``DATASETS`` or any TFDS
-      image-classification name.
-    data_dir: TFDS data directory holding prepared array_record files.
-    label_key: label feature used as the given train labels (CIFAR-N: one of the noisy
-      annotation keys, default ``aggre_label`` / ``noise_label``; the clean ``label``
-      stays known as ``clean_labels``). Test labels are always the clean ``label``.
-    extra: SVHN only: append the ``extra`` split (531,131 digits) to train.
-    in_memory: decode the whole split into a uint8 array once (default: True for
-      fixed-size images, False for variable-size ones such as ImageNet).
-    image_size: output size of variable-size images (random-resized crop for train,
-      resize to size*256/224 then centre crop for test).
+    Args:
+        name: ``"mnist5k"`` (embedded, offline), a key of ``DATASETS`` or any TFDS
+            image-classification name.
+        data_dir: TFDS data directory holding prepared array_record files.
+        label_key: label feature used as the given train labels (CIFAR-N: one of the noisy
+            annotation keys, default ``aggre_label`` / ``noise_label``; the clean ``label``
+            stays known as ``clean_labels``). Test labels are always the clean ``label``.
+        extra: SVHN only: append the ``extra`` split (531,131 digits) to train.
+        in_memory: decode the whole split into a uint8 array once (default: True for
+            fixed-size images, False for variable-size ones such as ImageNet).
+        image_size: output size of variable-size images (random-resized crop for train,
+            resize to size*256/224 then centre crop for test).
 
-  Returns:
-    A :class:`Source`.
+    Returns:
+        A :class:`Source`.
 
-  Raises:
-    ValueError: unknown name, bad label_key, extra on a non-SVHN set, or not an image
-      classification dataset.
-    DatasetNotPreparedError: the TFDS data is not prepared under ``data_dir``.
-  """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
-  info = DATASETS.get(name)
-  keys = info.label_keys if info else ("label",)
-  label_key = keys[0] if label_key is None else label_key
-  if label_key not in keys:
-    raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}; allowed: {keys}")
-  if extra and name != "svhn_cropped":
-    raise ValueError(f"extra=True is only allowed for 'svhn_cropped', not {name!r}")
-  if name == "mnist5k":
-    arrays = _mnist5k.load_mnist5k_arrays()
-    return Source(name, 10, (28, 28, 1), info.family, info.val_size, "label",
-                  ArraySplit(*arrays["train"]), ArraySplit(*arrays["test"]))
-  num_classes, shape = _tfds_info(name, data_dir)
-  if in_memory is None:
-    in_memory = None not in shape
-  elif in_memory and None in shape:
-    raise ValueError(f"in_memory=True needs fixed-size images; {name!r} has shape {shape}")
-  if info is None:
-    info = DatasetInfo("generic", GENERIC_VAL_FRACTION)
-  val_size = SVHN_EXTRA_VAL_SIZE if extra else info.val_size
-  train_splits = ("train", "extra") if extra else ("train",)
-  train = _load_tfds_split(name, train_splits, data_dir, label_key, shape, in_memory,
-                           image_size)
-  test = _load_tfds_split(name, (info.test_split,), data_dir, "label", shape, in_memory,
-                          image_size)
-  return Source(name + ("+extra" if extra else ""), num_classes, tuple(train.image_shape),
-                info.family, val_size, label_key, train, test)
+    Raises:
+        ValueError: unknown name, bad label_key, extra on a non-SVHN set, or not an image
+            classification dataset.
+        DatasetNotPreparedError: the TFDS data is not prepared under ``data_dir``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    info = DATASETS.get(name)
+    keys = info.label_keys if info else ("label",)
+    label_key = keys[0] if label_key is None else label_key
+    if label_key not in keys:
+        raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}; allowed: {keys}")
+    if extra and name != "svhn_cropped":
+        raise ValueError(f"extra=True is only allowed for 'svhn_cropped', not {name!r}")
+    if name == "mnist5k":
+        arrays = _mnist5k.load_mnist5k_arrays()
+        return Source(name, 10, (28, 28, 1), info.family, info.val_size, "label",
+                      ArraySplit(*arrays["train"]), ArraySplit(*arrays["test"]))
+    num_classes, shape = _tfds_info(name, data_dir)
+    if in_memory is None:
+        in_memory = None not in shape
+    elif in_memory and None in shape:
+        raise ValueError(f"in_memory=True needs fixed-size images; {name!r} has shape {shape}")
+    if info is None:
+        info = DatasetInfo("generic", GENERIC_VAL_FRACTION)
+    val_size = SVHN_EXTRA_VAL_SIZE if extra else info.val_size
+    train_splits = ("train", "extra") if extra else ("train",)
+    train = _load_tfds_split(name, train_splits, data_dir, label_key, shape, in_memory,
+                             image_size)
+    test = _load_tfds_split(name, (info.test_split,), data_dir, "label", shape, in_memory,
+                            image_size)
+    return Source(name + ("+extra" if extra else ""), num_classes, tuple(train.image_shape),
+                  info.family, val_size, label_key, train, test)

@@ -6,12 +6,12 @@ policy op (uint8) -> random crop with zero padding / horizontal flip (uint8) ->
 normalise -> random erasing (fills 0 after normalisation, i.e. the mean colour).
 
 Policy names (``POLICY_NAMES``; ``host_transform(name, family)``):
-  ``none``: normalisation only (evaluation, or training without any augmentation);
-  ``crop_flip``: the dataset's standard preprocessing (the original's NONE baseline);
-  ``randaugment``: RandAugment (original variant) + standard preprocessing;
-  ``fast_aa`` / ``dada``: Fast AutoAugment / DADA policy + standard preprocessing;
-  ``color_subset``: RandAugment's colour-only subset + standard preprocessing (used with
-  learned augmentation, whose geometry is done on the device).
+    ``none``: normalisation only (evaluation, or training without any augmentation);
+    ``crop_flip``: the dataset's standard preprocessing (the original's NONE baseline);
+    ``randaugment``: RandAugment (original variant) + standard preprocessing;
+    ``fast_aa`` / ``dada``: Fast AutoAugment / DADA policy + standard preprocessing;
+    ``color_subset``: RandAugment's colour-only subset + standard preprocessing (used with
+    learned augmentation, whose geometry is done on the device).
 """
 from __future__ import annotations
 
@@ -21,31 +21,32 @@ from collections.abc import Callable
 import numpy as np
 
 from autodo_jax.data import policies as _policies
+from autodo_jax.data.sources import DATASETS
 
 PolicyOp = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """Preprocessing facts of a dataset family (original_autodo_facts.md, 1.1-1.2).
+    """Preprocessing facts of a dataset family (original_autodo_facts.md, 1.1-1.2).
 
-  Attributes:
-    mean, std: per-channel normalisation of [0, 1] pixels.
-    crop_pad: random-crop zero padding in pixels (0: no crop).
-    flip: random horizontal flip (p = 0.5).
-    erase: torchvision RandomErasing defaults after normalisation.
-    randaugment, color_subset: (N, M) of RandAugment and of its colour subset.
-    fast_aa, dada: policy names in policies.json, or None where the original has none.
-  """
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  crop_pad: int
-  flip: bool
-  erase: bool
-  randaugment: tuple[int, int]
-  color_subset: tuple[int, int]
-  fast_aa: str | None
-  dada: str | None
+    Attributes:
+        mean, std: per-channel normalisation of [0, 1] pixels.
+        crop_pad: random-crop zero padding in pixels (0: no crop).
+        flip: random horizontal flip (p = 0.5).
+        erase: torchvision RandomErasing defaults after normalisation.
+        randaugment, color_subset: (N, M) of RandAugment and of its colour subset.
+        fast_aa, dada: policy names in policies.json, or None where the original has none.
+    """
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pad: int
+    flip: bool
+    erase: bool
+    randaugment: tuple[int, int]
+    color_subset: tuple[int, int]
+    fast_aa: str | None
+    dada: str | None
 
 
 FAMILIES: dict[str, Family] = {
@@ -68,97 +69,96 @@ ERASE_RATIO = (0.3, 3.3)
 
 
 def random_crop(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
-  """Random H x W crops of the batch zero-padded by ``pad`` px: uint8 (B,H,W,C)."""
-  b, h, w, _ = images.shape
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  top = rng.integers(0, 2 * pad + 1, size=b)
-  left = rng.integers(0, 2 * pad + 1, size=b)
-  out = np.empty_like(images)
-  for i in range(b):   # b slice copies beat one (b, H, W) fancy-index gather
-    out[i] = padded[i, top[i]:top[i] + h, left[i]:left[i] + w]
-  return out
+    """Random H x W crops of the batch zero-padded by ``pad`` px: uint8 (B,H,W,C)."""
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    top = rng.integers(0, 2 * pad + 1, size=b)
+    left = rng.integers(0, 2 * pad + 1, size=b)
+    out = np.empty_like(images)
+    for i in range(b):   # b slice copies beat one (b, H, W) fancy-index gather
+        out[i] = padded[i, top[i]:top[i] + h, left[i]:left[i] + w]
+    return out
 
 
 def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Horizontal flip of each image with probability 0.5."""
-  flip = rng.random(images.shape[0]) < 0.5
-  out = images.copy()
-  out[flip] = images[flip, :, ::-1]
-  return out
+    """Horizontal flip of each image with probability 0.5."""
+    flip = rng.random(images.shape[0]) < 0.5
+    out = images.copy()
+    out[flip] = images[flip, :, ::-1]
+    return out
 
 
 def random_erasing(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """torchvision RandomErasing (p 0.5, area U(0.02, 0.33), log-uniform aspect in
-  (0.3, 3.3), 10 tries, value 0) on float (B,H,W,C), vectorised."""
-  b, h, w, _ = x.shape
-  tries = 10
-  area = h * w * rng.uniform(*ERASE_AREA, size=(b, tries))
-  ratio = np.exp(rng.uniform(np.log(ERASE_RATIO[0]), np.log(ERASE_RATIO[1]),
-                             size=(b, tries)))
-  eh = np.round(np.sqrt(area * ratio)).astype(np.int64)
-  ew = np.round(np.sqrt(area / ratio)).astype(np.int64)
-  ok = (eh < h) & (ew < w)
-  first = np.argmax(ok, axis=1)
-  apply = (rng.random(b) < ERASE_P) & ok.any(axis=1)
-  eh, ew = eh[np.arange(b), first], ew[np.arange(b), first]
-  top = np.floor(rng.random(b) * (h - eh + 1)).astype(np.int64)
-  left = np.floor(rng.random(b) * (w - ew + 1)).astype(np.int64)
-  r, c = np.arange(h), np.arange(w)
-  inside = (((r >= top[:, None]) & (r < (top + eh)[:, None]))[:, :, None] &
-            ((c >= left[:, None]) & (c < (left + ew)[:, None]))[:, None, :])
-  inside &= apply[:, None, None]
-  return np.where(inside[..., None], np.zeros((), x.dtype), x)
+    """torchvision RandomErasing (p 0.5, area U(0.02, 0.33), log-uniform aspect in
+    (0.3, 3.3), 10 tries, value 0) on float (B,H,W,C), vectorised."""
+    b, h, w, _ = x.shape
+    tries = 10
+    area = h * w * rng.uniform(*ERASE_AREA, size=(b, tries))
+    ratio = np.exp(rng.uniform(np.log(ERASE_RATIO[0]), np.log(ERASE_RATIO[1]),
+                               size=(b, tries)))
+    eh = np.round(np.sqrt(area * ratio)).astype(np.int64)
+    ew = np.round(np.sqrt(area / ratio)).astype(np.int64)
+    ok = (eh < h) & (ew < w)
+    first = np.argmax(ok, axis=1)
+    apply = (rng.random(b) < ERASE_P) & ok.any(axis=1)
+    eh, ew = eh[np.arange(b), first], ew[np.arange(b), first]
+    top = np.floor(rng.random(b) * (h - eh + 1)).astype(np.int64)
+    left = np.floor(rng.random(b) * (w - ew + 1)).astype(np.int64)
+    r, c = np.arange(h), np.arange(w)
+    inside = (((r >= top[:, None]) & (r < (top + eh)[:, None]))[:, :, None] &
+              ((c >= left[:, None]) & (c < (left + ew)[:, None]))[:, None, :])
+    inside &= apply[:, None, None]
+    return np.where(inside[..., None], np.zeros((), x.dtype), x)
 
 
 @dataclasses.dataclass(frozen=True)
 class HostTransform:
-  """uint8 (B,H,W,C) + rng -> float32 (B,H,W,C) normalised; see the module doc."""
-  family: Family
-  policy: PolicyOp | None = None
-  augment: bool = True   # crop/flip/erase of the family
+    """uint8 (B,H,W,C) + rng -> float32 (B,H,W,C) normalised; see the module doc."""
+    family: Family
+    policy: PolicyOp | None = None
+    augment: bool = True   # crop/flip/erase of the family
 
-  def normalize(self, images: np.ndarray) -> np.ndarray:
-    channels = images.shape[-1]
-    mean = np.resize(np.asarray(self.family.mean, np.float32), channels)
-    std = np.resize(np.asarray(self.family.std, np.float32), channels)
-    return images.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        channels = images.shape[-1]
+        mean = np.resize(np.asarray(self.family.mean, np.float32), channels)
+        std = np.resize(np.asarray(self.family.std, np.float32), channels)
+        return images.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std
 
-  def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-      raise TypeError(f"images must be uint8 (B,H,W,C), got {images.dtype} {images.shape}")
-    if self.policy is not None:
-      images = self.policy(images, rng)
-    f = self.family
-    if self.augment and f.crop_pad:
-      images = random_crop(images, f.crop_pad, rng)
-    if self.augment and f.flip:
-      images = random_flip(images, rng)
-    x = self.normalize(images)
-    if self.augment and f.erase:
-      x = random_erasing(x, rng)
-    return x
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise TypeError(f"images must be uint8 (B,H,W,C), got {images.dtype} {images.shape}")
+        if self.policy is not None:
+            images = self.policy(images, rng)
+        f = self.family
+        if self.augment and f.crop_pad:
+            images = random_crop(images, f.crop_pad, rng)
+        if self.augment and f.flip:
+            images = random_flip(images, rng)
+        x = self.normalize(images)
+        if self.augment and f.erase:
+            x = random_erasing(x, rng)
+        return x
 
 
 def _family(dataset: str) -> tuple[str, Family]:
-  from autodo_jax.data.sources import DATASETS  # pylint: disable=g-import-not-at-top
-  name = DATASETS[dataset].family if dataset in DATASETS else dataset
-  if name not in FAMILIES:
-    raise ValueError(f"unknown dataset family {dataset!r}: allowed are families "
-                     f"{sorted(FAMILIES)} or dataset names {sorted(DATASETS)} "
-                     "(for other TFDS sets pass source.family)")
-  return name, FAMILIES[name]
+    name = DATASETS[dataset].family if dataset in DATASETS else dataset
+    if name not in FAMILIES:
+        raise ValueError(f"unknown dataset family {dataset!r}: allowed are families "
+                         f"{sorted(FAMILIES)} or dataset names {sorted(DATASETS)} "
+                         "(for other TFDS sets pass source.family)")
+    return name, FAMILIES[name]
 
 
 def _named_policy(kind: str, pick: Callable[[Family], str | None]
                   ) -> Callable[[str, Family], PolicyOp]:
-  def build(name: str, family: Family) -> PolicyOp:
-    policy = pick(family)
-    if policy is None:
-      raise ValueError(f"policy {kind!r} has no original policy for dataset family "
-                       f"{name!r}; allowed there: {allowed_policies(name)}")
-    return _policies.SubPolicyAugment(policy)
-  return build
+    def build(name: str, family: Family) -> PolicyOp:
+        policy = pick(family)
+        if policy is None:
+            raise ValueError(f"policy {kind!r} has no original policy for dataset family "
+                             f"{name!r}; allowed there: {allowed_policies(name)}")
+        return _policies.SubPolicyAugment(policy)
+    return build
 
 
 _POLICIES: dict[str, Callable[[str, Family], PolicyOp | None]] = {
@@ -174,25 +174,25 @@ POLICY_NAMES = tuple(_POLICIES)
 
 
 def allowed_policies(dataset: str) -> tuple[str, ...]:
-  """Policy names that exist for ``dataset`` (a family or dataset name)."""
-  _, family = _family(dataset)
-  missing = {"fast_aa": family.fast_aa is None, "dada": family.dada is None}
-  return tuple(p for p in POLICY_NAMES if not missing.get(p, False))
+    """Policy names that exist for ``dataset`` (a family or dataset name)."""
+    _, family = _family(dataset)
+    missing = {"fast_aa": family.fast_aa is None, "dada": family.dada is None}
+    return tuple(p for p in POLICY_NAMES if not missing.get(p, False))
 
 
 def host_transform(policy: str, dataset: str) -> HostTransform:
-  """The host transform of ``policy`` (a name in ``POLICY_NAMES``) for ``dataset``.
+    """The host transform of ``policy`` (a name in ``POLICY_NAMES``) for ``dataset``.
 
-  Args:
-    policy: ``none``, ``crop_flip``, ``randaugment``, ``fast_aa``, ``dada`` or
-      ``color_subset``.
-    dataset: a family (``mnist``, ``svhn``, ``cifar10``, ``cifar100``, ``imagenet``,
-      ``generic``) or a known dataset name (``source.family`` works for any source).
+    Args:
+        policy: ``none``, ``crop_flip``, ``randaugment``, ``fast_aa``, ``dada`` or
+            ``color_subset``.
+        dataset: a family (``mnist``, ``svhn``, ``cifar10``, ``cifar100``, ``imagenet``,
+            ``generic``) or a known dataset name (``source.family`` works for any source).
 
-  Raises:
-    ValueError: unknown policy or dataset, or a policy the original lacks for it.
-  """
-  if policy not in _POLICIES:
-    raise ValueError(f"unknown policy {policy!r}; allowed: {POLICY_NAMES}")
-  name, family = _family(dataset)
-  return HostTransform(family, _POLICIES[policy](name, family), augment=policy != "none")
+    Raises:
+        ValueError: unknown policy or dataset, or a policy the original lacks for it.
+    """
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; allowed: {POLICY_NAMES}")
+    name, family = _family(dataset)
+    return HostTransform(family, _POLICIES[policy](name, family), augment=policy != "none")
