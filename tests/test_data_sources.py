@@ -124,3 +124,12 @@ def test_imagenet_resize_center_crop_and_rrc_box():
         top, left, h, w = imagenet.rrc_box(300, 400, rng)
         assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
         assert 0.08 * 120000 * 0.9 <= h * w <= 120000
+
+
+def test_any_tfds_image_classification_name():
+    with tfds.testing.mock_data(num_examples=4):
+        src = sources.load_source("fashion_mnist")
+    assert (src.family, src.val_size, src.num_classes, src.image_shape) == (
+        "generic", 0.1, 10, (28, 28, 1))
+    with pytest.raises(ValueError, match="not an image-classification dataset"):
+        sources.load_source("imdb_reviews")
