@@ -1,0 +1,180 @@
+"""``StepConfig``: the static (hashable) description of the train steps, and the
+optimizers, schedules and solvers built from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from autodo_jax import implicit, tables
+from autodo_jax.models import MODEL_NAMES, Classifier, get_model
+
+SOLVERS = ("neumann", "identity", "cg", "nystrom")
+CURVATURES = implicit.CURVATURES
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static configuration of :func:`inner_step`, :func:`hyper_step` and :func:`eval_step`.
+
+    Frozen and hashable (it is a static jit argument): changing a field recompiles.
+
+    Attributes:
+        model: a name of ``autodo_jax.models.MODEL_NAMES``.
+        num_classes: number of classes C.
+        compute_dtype: encoder compute dtype, "float32" | "bfloat16" | "float16"
+            (parameters, optimizer state, features and logits stay float32).
+        learn_aug: train on images augmented with the table's λ_A rows ("aug_p", "aug_m").
+        shared_aug: λ_A is one shared row (λ^A_SHA) instead of one row per example.
+        learn_weight: weight each example's loss by softplus(λ_W)/ln 2 (table "weight").
+        learn_soft: train against the table's soft labels λ_S (table "soft") by KL
+            instead of cross-entropy against the given labels.
+        symmetric_kl: use ½[KL(q‖p) + KL(p‖q)] for the soft-label loss.
+        upsample: super-sampling factor of the augmentation warp (the original: 4).
+        lr: peak learning rate of the model's SGD.
+        momentum: SGD momentum (Nesterov when ``nesterov``).
+        nesterov: Nesterov momentum.
+        weight_decay: L2 coefficient added to the gradient of every parameter (PyTorch
+            SGD's ``weight_decay``).
+        warmup_steps: linear warm-up from ``lr * warmup_factor`` to ``lr`` (inner steps).
+        total_steps: inner steps of the whole run (warm-up included); the cosine decays
+            to ``lr * final_lr_factor`` at ``total_steps``.
+        warmup_factor: start of the warm-up as a fraction of ``lr``.
+        final_lr_factor: end of the cosine as a fraction of ``lr``.
+        hyper_lr: peak learning rate of the tables' row-sparse RMSprop.
+        hyper_warmup_steps, hyper_total_steps: the same schedule shape over hyper steps.
+        rmsprop_decay, rmsprop_eps: RMSprop's second-moment decay and epsilon.
+        solver: inverse-curvature solver, one of ``SOLVERS``.
+        solver_iters: Neumann J / CG iterations.
+        neumann_alpha: Neumann step α.
+        neumann_scale: "ift" (exact implicit-function scale) or "original" (the original
+            code's, 1/α times larger).
+        cg_damping: damping added to the curvature by CG.
+        nystrom_rank, nystrom_rho: sketch size and damping of the Nyström solver.
+        curvature: "hessian" (the original), "gauss_newton" or "empirical_fisher".
+        hypergrad_mode: derivative mode passed to ``implicit.hypergrad`` ("joint", ...).
+    """
+
+    model: str = "small_cnn"
+    num_classes: int = 10
+    compute_dtype: str = "float32"
+    learn_aug: bool = False
+    shared_aug: bool = False
+    learn_weight: bool = False
+    learn_soft: bool = False
+    symmetric_kl: bool = False
+    upsample: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    total_steps: int = 1
+    warmup_factor: float = 0.1
+    final_lr_factor: float = 1e-3
+    hyper_lr: float = 0.05
+    hyper_warmup_steps: int = 0
+    hyper_total_steps: int = 1
+    rmsprop_decay: float = 0.99
+    rmsprop_eps: float = 1e-8
+    solver: str = "neumann"
+    solver_iters: int = 5
+    neumann_alpha: float = 0.01
+    neumann_scale: str = "ift"
+    cg_damping: float = 0.0
+    nystrom_rank: int = 10
+    nystrom_rho: float = 1e-3
+    curvature: str = "hessian"
+    hypergrad_mode: str = "joint"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"StepConfig.{field} must be {allowed}, got "
+                                 f"{getattr(self, field)!r}")
+
+        need(self.model in MODEL_NAMES, "model", f"one of {MODEL_NAMES}")
+        need(isinstance(self.num_classes, int) and self.num_classes >= 2, "num_classes",
+             "an int >= 2")
+        need(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}")
+        need(not self.shared_aug or self.learn_aug, "shared_aug", "False unless learn_aug")
+        need(isinstance(self.upsample, int) and self.upsample >= 1, "upsample", "an int >= 1")
+        need(self.total_steps >= 1, "total_steps", ">= 1")
+        need(0 <= self.warmup_steps <= self.total_steps, "warmup_steps",
+             "in [0, total_steps]")
+        need(self.hyper_total_steps >= 1, "hyper_total_steps", ">= 1")
+        need(0 <= self.hyper_warmup_steps <= self.hyper_total_steps, "hyper_warmup_steps",
+             "in [0, hyper_total_steps]")
+        need(self.lr > 0 and self.hyper_lr > 0, "lr", "> 0 (and hyper_lr > 0)")
+        need(self.solver in SOLVERS, "solver", f"one of {SOLVERS}")
+        need(self.curvature in CURVATURES, "curvature", f"one of {CURVATURES}")
+        need(self.neumann_scale in implicit.NEUMANN_SCALES, "neumann_scale",
+             f"one of {implicit.NEUMANN_SCALES}")
+        need(self.hypergrad_mode in implicit.MODES, "hypergrad_mode",
+             f"one of {implicit.MODES}")
+        need(self.solver_iters >= 0, "solver_iters", ">= 0")
+
+    @property
+    def learns_anything(self) -> bool:
+        """True when the method has per-example hyperparameters (a non-empty table)."""
+        return self.learn_aug or self.learn_weight or self.learn_soft
+
+    def table_keys(self) -> frozenset[str]:
+        """Table fields this configuration reads and learns."""
+        keys = set()
+        if self.learn_aug:
+            keys |= {"aug_p", "aug_m"}
+        if self.learn_weight:
+            keys.add("weight")
+        if self.learn_soft:
+            keys.add("soft")
+        return frozenset(keys)
+
+
+def model_from_config(cfg: StepConfig) -> Classifier:
+    """The Flax classifier described by ``cfg`` (model name, classes, compute dtype)."""
+    return get_model(cfg.model, cfg.num_classes, dtype=jnp.dtype(cfg.compute_dtype))
+
+
+def _warmup_cosine(peak: float, warmup: int, total: int, cfg: StepConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=peak * cfg.warmup_factor, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total, warmup + 1), end_value=peak * cfg.final_lr_factor)
+
+
+def lr_schedule(cfg: StepConfig) -> optax.Schedule:
+    """Inner learning rate: linear warm-up from lr·warmup_factor, cosine to lr·final."""
+    return _warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg)
+
+
+def hyper_lr_schedule(cfg: StepConfig) -> optax.Schedule:
+    """Table learning rate, the same shape over hyper steps."""
+    return _warmup_cosine(cfg.hyper_lr, cfg.hyper_warmup_steps, cfg.hyper_total_steps, cfg)
+
+
+def inner_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+    """SGD (Nesterov) with coupled weight decay on every parameter, as PyTorch's SGD."""
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.sgd(lr_schedule(cfg), momentum=cfg.momentum, nesterov=cfg.nesterov))
+
+
+def table_optimizer(cfg: StepConfig) -> tables.RowOptimizer:
+    """Row-sparse RMSprop on the per-example tables."""
+    return tables.row_rmsprop(hyper_lr_schedule(cfg), decay=cfg.rmsprop_decay,
+                              eps=cfg.rmsprop_eps)
+
+
+def make_solver(cfg: StepConfig, key: jax.Array) -> Any:
+    """The inverse-curvature solver of ``cfg`` (``key`` only used by Nyström)."""
+    if cfg.solver == "neumann":
+        return implicit.neumann(cfg.solver_iters, cfg.neumann_alpha, cfg.neumann_scale)
+    if cfg.solver == "identity":
+        return implicit.identity()
+    if cfg.solver == "cg":
+        return implicit.cg(cfg.solver_iters, cfg.cg_damping)
+    return implicit.nystrom(cfg.nystrom_rank, cfg.nystrom_rho, key)

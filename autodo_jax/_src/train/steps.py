@@ -1,0 +1,287 @@
+"""The jit-compiled steps: inner (model) step, hyper (table) step, eval step."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh
+
+from autodo_jax import augment, implicit, losses, tables
+from autodo_jax._src.train.config import (StepConfig, hyper_lr_schedule, inner_optimizer,
+                                          lr_schedule, make_solver, model_from_config,
+                                          table_optimizer)
+from autodo_jax._src.train.state import TrainState
+from autodo_jax.models import encode, head_apply
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+_AUG_KEYS = ("aug_p", "aug_m")
+_INNER_STREAM, _HYPER_STREAM = 0, 1
+
+
+def _step_key(rng: jax.Array, stream: int, step: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(rng, stream), step)
+
+
+def _rows(state: TrainState, ids: jax.Array, cfg: StepConfig,
+          mesh: Optional[Mesh]) -> dict[str, jax.Array]:
+    """The batch's table rows in float32 (``{}`` when nothing is learned)."""
+    if set(state.table) != cfg.table_keys():
+        raise ValueError(f"state.table has fields {sorted(state.table)} but cfg learns "
+                         f"{sorted(cfg.table_keys())}")
+    if not state.table:
+        return {}
+    rows = tables.gather(state.table, ids, mesh=mesh)
+    return {k: v.astype(jnp.float32) for k, v in rows.items()}
+
+
+def _augmented(key: jax.Array, images: jax.Array, rows: Mapping[str, jax.Array],
+               cfg: StepConfig) -> jax.Array:
+    """Images warped with the rows' λ_A (per-example rows; shared rows arrive broadcast,
+    which samples exactly as ``shared=True`` and sums their gradients over the batch)."""
+    if not cfg.learn_aug:
+        return images
+    return augment.augment(key, images, {k: rows[k] for k in _AUG_KEYS},
+                           upsample=cfg.upsample)
+
+
+def _per_example_train_loss(logits: jax.Array, labels: jax.Array,
+                            rows: Mapping[str, jax.Array], cfg: StepConfig) -> jax.Array:
+    """(B,) train loss before weighting: KL to the soft labels, or cross-entropy."""
+    if cfg.learn_soft:
+        return losses.soft_label_loss(logits, rows["soft"], symmetric=cfg.symmetric_kl)
+    return losses.cross_entropy(logits, labels)
+
+
+def _weights(rows: Mapping[str, jax.Array], cfg: StepConfig) -> Optional[jax.Array]:
+    return losses.loss_weight(rows["weight"]) if cfg.learn_weight else None
+
+
+def _train_loss(logits, labels, rows, cfg) -> jax.Array:
+    return losses.weighted_mean(_per_example_train_loss(logits, labels, rows, cfg),
+                                _weights(rows, cfg))
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
+def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
+               mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
+    """One SGD step of the model on a train batch, hyperparameters fixed.
+
+    The batch's table rows are gathered and applied under ``stop_gradient`` (λ_A warps
+    the images, λ_W weights the loss, λ_S gives the soft labels); no gradient reaches the
+    table and the warp is not differentiated. ``state`` is donated.
+
+    Args:
+        state: the train state (donated: do not use it afterwards).
+        batch: ``{"images": (B, H, W, C) float32, "labels": int32 (B,), "ids": int32
+            (B,)}``; with ``mesh`` sharded ``P("data")`` (ids shard-local).
+        cfg: static step configuration.
+        mesh: optional static mesh (axis "data") over which the table is row-sharded.
+
+    Returns:
+        ``(new_state, metrics)``; metrics: "loss" (weighted train loss), "accuracy" (vs
+        the given labels), "grad_norm", "lr", and "weight_mean" when weights are learned.
+    """
+    model = model_from_config(cfg)
+    rows = jax.lax.stop_gradient(_rows(state, batch["ids"], cfg, mesh))
+    images = _augmented(_step_key(state.rng, _INNER_STREAM, state.step), batch["images"],
+                        rows, cfg)
+
+    def loss_fn(params):
+        feats, new_stats = encode(model, params, state.batch_stats, images, train=True)
+        logits = head_apply(params["head"], feats)
+        return _train_loss(logits, batch["labels"], rows, cfg), (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+        "grad_norm": _global_norm(grads),
+        "lr": lr_schedule(cfg)(state.step),
+    }
+    if cfg.learn_weight:
+        metrics["weight_mean"] = jnp.mean(_weights(rows, cfg))
+    new_state = state.replace(params=optax.apply_updates(state.params, updates),
+                              batch_stats=new_stats, opt_state=opt_state,
+                              step=state.step + 1)
+    return new_state, metrics
+
+
+def _hypergrad_kwargs(cfg: StepConfig, key: jax.Array, labels: jax.Array) -> dict:
+    """Solver, curvature and the loss decompositions the chosen curvature needs."""
+    kwargs = {"solver": make_solver(cfg, key), "curvature": cfg.curvature,
+              "mode": cfg.hypergrad_mode}
+    if cfg.curvature == "gauss_newton":
+        kwargs["train_outputs"] = lambda head, hp, b: head_apply(head, hp.get("features",
+                                                                              b["features"]))
+        kwargs["output_loss"] = lambda logits, hp, b: _train_loss(logits, labels, hp, cfg)
+    elif cfg.curvature == "empirical_fisher":
+        def per_example(head, hp, b):
+            logits = head_apply(head, hp.get("features", b["features"]))
+            per = _per_example_train_loss(logits, labels, hp, cfg)
+            w = _weights(hp, cfg)
+            return per if w is None else per * w
+        kwargs["per_example_loss"] = per_example
+    return kwargs
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
+def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: StepConfig,
+               mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
+    """One implicit-differentiation step on the batch's table rows (one compiled function).
+
+    θ = the head; the encoder is frozen and in inference mode (BatchNorm running
+    statistics). The train features f(λ_A) = encoder(augment(x; λ_A)) are computed once
+    with a VJP; ``implicit.hypergrad`` then treats (features, λ_W, λ_S) as the
+    hyperparameters of the head's losses (all curvature products touch the head only), and
+    the features' hypergradient is pulled back through encoder and warp into λ_A. The
+    rows are updated by the row-sparse RMSprop; a non-finite hypergradient leaves table
+    and RMSprop state untouched (counted in ``metrics["skipped"]``). Model parameters,
+    BatchNorm statistics and the SGD state are not changed. ``state`` is donated.
+
+    Args:
+        state: the train state (donated); ``cfg`` must learn something.
+        train_batch: ``{"images", "labels", "ids"}`` as for :func:`inner_step`.
+        val_batch: ``{"images": (V, H, W, C), "labels": int32 (V,)}`` clean validation
+            batch (not augmented; "ids"/"mask" ignored).
+        cfg: static step configuration (solver, curvature, hyper learning rate).
+        mesh: optional static mesh (axis "data").
+
+    Returns:
+        ``(new_state, metrics)``; metrics: "train_loss", "val_loss", "train_grad_norm",
+        "val_grad_norm", "grad_divergence", "residual", "solver_iterations",
+        "neumann_gap", "solution_cosine", "hypergrad_norm", "finite" (bool), "skipped"
+        (int32 0/1), "hyper_lr", and "weight_mean" when weights are learned.
+    """
+    if not cfg.learns_anything:
+        raise ValueError("hyper_step: cfg learns no hyperparameters (learn_aug, "
+                         "learn_weight and learn_soft are all False)")
+    model = model_from_config(cfg)
+    key = _step_key(state.rng, _HYPER_STREAM, state.hyper_step)
+    ids, labels = train_batch["ids"], train_batch["labels"]
+    rows = _rows(state, ids, cfg, mesh)
+    params, stats = state.params, state.batch_stats
+
+    def features(aug_rows):
+        images = _augmented(key, train_batch["images"], aug_rows, cfg)
+        return encode(model, params, stats, images, train=False)[0]
+
+    aug_rows = {k: rows[k] for k in _AUG_KEYS if k in rows}
+    if cfg.learn_aug:
+        train_feats, features_vjp = jax.vjp(features, aug_rows)
+    else:
+        train_feats = features(aug_rows)
+    val_feats = encode(model, params, stats, val_batch["images"], train=False)[0]
+
+    hparams = {k: v for k, v in rows.items() if k not in _AUG_KEYS}
+    tb = {}
+    if cfg.learn_aug:
+        hparams["features"] = train_feats
+    else:
+        tb["features"] = train_feats
+    vb = {"features": val_feats, "labels": val_batch["labels"]}
+
+    def train_loss(head, hp, b):
+        logits = head_apply(head, hp["features"] if "features" in hp else b["features"])
+        return _train_loss(logits, labels, hp, cfg)
+
+    def val_loss(head, b):
+        return jnp.mean(losses.cross_entropy(head_apply(head, b["features"]), b["labels"]))
+
+    hp_grads, info = implicit.hypergrad(
+        train_loss, val_loss, params["head"], hparams, tb, vb,
+        **_hypergrad_kwargs(cfg, jax.random.fold_in(key, 1), labels))
+    row_grads = {k: v for k, v in hp_grads.items() if k != "features"}
+    if cfg.learn_aug:
+        row_grads.update(features_vjp(hp_grads["features"])[0])
+    finite = info.finite & _all_finite(row_grads)
+
+    optimizer = table_optimizer(cfg)
+
+    def update(operands):
+        table, opt_state = operands
+        return tables.apply_rows(optimizer, table, opt_state, ids, row_grads, mesh=mesh)
+
+    table, table_opt_state = lax.cond(finite, update, lambda ops: ops,
+                                      (state.table, state.table_opt_state))
+    metrics = {
+        "train_loss": train_loss(params["head"], hparams, tb),
+        "val_loss": val_loss(params["head"], vb),
+        "train_grad_norm": info.train_grad_norm,
+        "val_grad_norm": info.val_grad_norm,
+        "grad_divergence": info.grad_divergence,
+        "residual": info.residual,
+        "solver_iterations": info.iterations,
+        "neumann_gap": info.neumann_gap,
+        "solution_cosine": info.solution_cosine,
+        "hypergrad_norm": _global_norm(row_grads),
+        "finite": finite,
+        "skipped": jnp.logical_not(finite).astype(jnp.int32),
+        "hyper_lr": hyper_lr_schedule(cfg)(state.table_opt_state.count),
+    }
+    if cfg.learn_weight:
+        metrics["weight_mean"] = jnp.mean(_weights(rows, cfg))
+    new_state = state.replace(table=table, table_opt_state=table_opt_state,
+                              hyper_step=state.hyper_step + 1)
+    return new_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def eval_step(state: TrainState, batch: Batch, cfg: StepConfig) -> Metrics:
+    """Inference-mode evaluation of one (padded) batch; nothing is donated.
+
+    Args:
+        state: the train state.
+        batch: ``{"images": (B, H, W, C), "labels": int (B,), "mask": bool (B,)}``; mask
+            False marks padding (optional: all True when absent).
+        cfg: static step configuration.
+
+    Returns:
+        ``{"loss_sum": cross-entropy summed over real examples, "correct": int32 count,
+        "count": int32 number of real examples, "predictions": int32 (B,) argmax}``.
+    """
+    model = model_from_config(cfg)
+    feats, _ = encode(model, state.params, state.batch_stats, batch["images"], train=False)
+    logits = head_apply(state.params["head"], feats)
+    labels = batch["labels"]
+    mask = batch.get("mask")
+    mask = jnp.ones(labels.shape, bool) if mask is None else mask.astype(bool)
+    preds = jnp.argmax(logits, -1).astype(jnp.int32)
+    ce = losses.cross_entropy(logits, labels)
+    return {
+        "loss_sum": jnp.sum(jnp.where(mask, ce, 0.0)),
+        "correct": jnp.sum(mask & (preds == labels)).astype(jnp.int32),
+        "count": jnp.sum(mask).astype(jnp.int32),
+        "predictions": preds,
+    }
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Raises ``FloatingPointError`` if any loss metric (a key containing "loss") is NaN
+    or infinite. Pulls those values to the host.
+
+    Args:
+        metrics: metrics of a step (device or host values).
+        step: step number for the message.
+    """
+    for name, value in metrics.items():
+        if "loss" in name:
+            arr = np.asarray(jax.device_get(value))
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise FloatingPointError(f"non-finite {name} = {arr} at step {step}")

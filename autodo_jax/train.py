@@ -1,0 +1,39 @@
+"""Train state and the jit-compiled AutoDO steps.
+
+- :class:`StepConfig`: frozen, hashable configuration (model, method flags, optimizers,
+  schedules, hypergradient solver and curvature); a static argument of every step.
+- :func:`autodo_table_init`, :func:`create_train_state`, :class:`TrainState`.
+- :func:`inner_step` (model SGD step with λ fixed), :func:`hyper_step` (implicit
+  hypergradient and row-sparse RMSprop on the batch's table rows), :func:`eval_step`,
+  :func:`check_finite`.
+
+Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
+table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
+"""
+from autodo_jax._src.train.config import (COMPUTE_DTYPES, SOLVERS, StepConfig,
+                                          hyper_lr_schedule, inner_optimizer, lr_schedule,
+                                          make_solver, model_from_config, table_optimizer)
+from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
+                                         place_state)
+from autodo_jax._src.train.steps import check_finite, eval_step, hyper_step, inner_step
+from autodo_jax.models import get_model
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "SOLVERS",
+    "StepConfig",
+    "TrainState",
+    "autodo_table_init",
+    "check_finite",
+    "create_train_state",
+    "eval_step",
+    "get_model",
+    "hyper_lr_schedule",
+    "hyper_step",
+    "inner_optimizer",
+    "lr_schedule",
+    "make_solver",
+    "model_from_config",
+    "place_state",
+    "table_optimizer",
+]
