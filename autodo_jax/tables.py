@@ -210,8 +210,10 @@ def _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t):
     uids = jnp.where(uids < n, uids, n + jnp.arange(b, dtype=uids.dtype))  # distinct, dropped
     inv = inv.reshape(b)
 
+    clamped = jnp.minimum(uids, n - 1)  # rows read for padding slots are never written back
+
     def take(leaf):
-        return leaf.at[uids].get(mode="fill", fill_value=0)
+        return leaf.at[clamped].get(mode="promise_in_bounds")
 
     def put(leaf, rows):
         return leaf.at[uids].set(rows.astype(leaf.dtype), mode="drop", unique_indices=True)
