@@ -5,7 +5,7 @@
 - ``final_table.npz``: the learned per-example table at the end of training, one row per
   training example, with the labels needed to analyse it. Keys:
     ``aug_p`` (N|1, K), ``aug_m`` (N|1, K) augmentation probability / magnitude logits,
-    ``loss_w`` (N,) loss-weight logits, ``soft`` (N, C) soft-label logits (each only when
+    ``weight`` (N,) loss-weight logits, ``soft`` (N, C) soft-label logits (each only when
     the method learns it); ``given_labels`` (N,), ``clean_labels`` (N,), ``noisy`` (N,)
     bool, ``train_index`` (N,); scalars ``num_classes``, ``method``; ``op_names`` (K,).
 """

@@ -75,6 +75,8 @@ class Config:
     # data
     dataset: str = _f("mnist5k", "mnist5k (embedded, offline) or a TFDS image-classification name.")
     data_dir: str = _f("", "TFDS data directory ('' = TFDS default).")
+    label_key: str = _f("", "Label feature of the train labels (CIFAR-N: noisy annotation; '' = default).")
+    svhn_extra: bool = _f(False, "svhn_cropped only: add the 531,131 'extra' digits to train.")
     imbalance_ratio: float = _f(10.0, "IR >= 1: classes C/2..C-1 keep 1/IR as many examples.")
     noise_ratio: float = _f(0.2, "NR in [0, 1): fraction of train labels replaced at random.")
     subsample_ratio: float = _f(1.0, "SR in (0, 1]: fraction of the train pool kept.")
@@ -117,6 +119,8 @@ class Config:
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
     num_devices: int = _f(0, "Devices of the data mesh (0 = all).")
+    stop_after_epoch: int = _f(0, "Stop (resumably) once this many epochs are done (0 = never; "
+                                  "simulates preemption).")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -126,7 +130,7 @@ class Config:
 
 
 #: Fields that do not change results: they may differ between a run and its resume.
-NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every")
+NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every", "stop_after_epoch")
 
 
 def field_specs() -> list[dataclasses.Field]:
@@ -211,6 +215,8 @@ def static_errors(config: Config) -> list[str]:
          "allowed: a number >= 1")
     need(0 <= c.noise_ratio < 1, "noise_ratio", "allowed: 0 <= NR < 1")
     need(0 < c.subsample_ratio <= 1, "subsample_ratio", "allowed: 0 < SR <= 1")
+    need(not c.svhn_extra or c.dataset == "svhn_cropped", "svhn_extra",
+         "only allowed with --dataset=svhn_cropped")
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
     for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",
@@ -222,9 +228,10 @@ def static_errors(config: Config) -> list[str]:
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
     need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
          "allowed: a finite number >= 0")
-    need(0 <= c.warmup_epochs <= c.epochs, "warmup_epochs", "allowed: 0 <= warm-up <= --epochs")
+    need(math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs",
+         "allowed: a number >= 0 (capped at --epochs)")
     for name in ("hyper_steps_per_epoch", "max_steps_per_epoch", "eval_limit", "log_every",
-                 "num_devices", "seed", "hyper_start_epoch"):
+                 "num_devices", "seed", "hyper_start_epoch", "stop_after_epoch"):
         need(getattr(c, name) >= 0, name, "allowed: an integer >= 0")
     if errs or c.method not in METHODS:
         return errs

@@ -145,8 +145,8 @@ def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has
     if table is not None and given is not None and clean is not None:
         noisy = np.asarray(given) != np.asarray(clean)
         out["num_noisy_train"] = int(noisy.sum())
-        if "W" in learned and "loss_w" in table:
-            out["weight_auc_clean_vs_noisy"] = weight_auc(table["loss_w"], noisy)
+        if "W" in learned and "weight" in table:
+            out["weight_auc_clean_vs_noisy"] = weight_auc(table["weight"], noisy)
         if "S" in learned and "soft" in table:
             stats = soft_label_stats(table["soft"], given, clean)
             out["soft_label_noisy_fixed_fraction"] = stats["noisy_fixed"]

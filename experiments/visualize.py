@@ -63,16 +63,16 @@ def plot_curves(workdir: str, path: str) -> str | None:
 
 
 def plot_weights(t: dict, path: str) -> str | None:
-    if "loss_w" not in t:
+    if "weight" not in t:
         return None
-    w = np.logaddexp(0.0, t["loss_w"].astype(np.float64).reshape(-1)) / np.log(2.0)
+    w = np.logaddexp(0.0, t["weight"].astype(np.float64).reshape(-1)) / np.log(2.0)
     noisy = t["noisy"].astype(bool)
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(w.min(), w.max() + 1e-9, 40)
     ax.hist(w[~noisy], bins=bins, alpha=0.6, label=f"clean ({(~noisy).sum()})", density=True)
     if noisy.any():
         ax.hist(w[noisy], bins=bins, alpha=0.6, label=f"noisy ({noisy.sum()})", density=True)
-    auc = weight_auc(t["loss_w"], noisy)
+    auc = weight_auc(t["weight"], noisy)
     ax.set(xlabel="learned weight softplus(λ_W)/ln 2", ylabel="density",
            title=f"loss weights (AUC clean vs noisy = {auc:.3f})")
     ax.legend()

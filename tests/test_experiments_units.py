@@ -180,7 +180,7 @@ def test_visualize_on_synthetic_workdir(tmp_path):
     given = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), clean)
     artifacts.save_final_table(str(tmp_path), {
         "aug_p": rng.normal(size=(n, k)), "aug_m": rng.normal(size=(n, k)),
-        "loss_w": rng.normal(size=n), "soft": rng.normal(size=(n, c))},
+        "weight": rng.normal(size=n), "soft": rng.normal(size=(n, c))},
         given_labels=given, clean_labels=clean, noisy=given != clean, train_index=np.arange(n),
         num_classes=c, method="autodo_aws", op_names=np.array([f"op{i}" for i in range(k)]))
     w = MetricWriter(str(tmp_path))

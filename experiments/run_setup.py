@@ -1,0 +1,184 @@
+"""Everything a run checks before it writes anything: data, split, model fit, workdir.
+
+`prepare(config, workdir)` loads the source, draws (or reads) the split, checks the
+settings against data, model and devices, and checks that the workdir belongs to this
+configuration. Every problem becomes one line of a `ConfigError` (exit code 2 in
+``experiments.train``). Only `write_run_files` writes (config.json and split.npz).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from autodo_jax import models
+from autodo_jax.data import distortion, sources, transforms
+from experiments import artifacts
+from experiments import config as cfg_lib
+
+SPLIT_FILE = distortion.SPLIT_FILENAME
+
+
+class ConfigError(Exception):
+    """Settings that cannot run; ``lines`` holds one message per problem."""
+
+    def __init__(self, lines):
+        self.lines = [str(x) for x in lines]
+        super().__init__("\n".join(self.lines))
+
+
+def host_policy(config: cfg_lib.Config) -> str:
+    """The host transform name (autodo_jax.data.transforms) of the method's train batches."""
+    host = cfg_lib.METHODS[config.method]["host"]
+    if host == "colour":
+        return "color_subset" if config.colour_policy else "crop_flip"
+    return "crop_flip" if host == "standard" else host
+
+
+@dataclasses.dataclass
+class Data:
+    """Loaded data of a run.
+
+    Attributes:
+      source: the ``sources.Source``.
+      split: the ``distortion.Split`` (table row r <-> train example split.train_index[r]).
+      distortion: the ``DistortionConfig`` of the split.
+      train_index, train_labels: (R,) examples of source.train and labels the inner steps
+        train on (the split's train rows; the validation examples for val_only; both for
+        train_plus_val, validation rows appended after the train rows).
+      has_val: a held-out validation split exists for model selection.
+    """
+    source: Any
+    split: distortion.Split
+    distortion: distortion.DistortionConfig
+    train_index: np.ndarray
+    train_labels: np.ndarray
+    has_val: bool
+
+
+def distortion_config(config: cfg_lib.Config) -> distortion.DistortionConfig:
+    return distortion.DistortionConfig(
+        imbalance_ratio=float(config.imbalance_ratio), noise_ratio=float(config.noise_ratio),
+        subsample_ratio=float(config.subsample_ratio), val_size=config.val_size or None,
+        ablation=config.ablation, seed=int(config.seed))
+
+
+def _flag_prefixed(message: str, default_flag: str) -> str:
+    """Turns a library message "name=...: why" into "--name=...: why" when name is a flag."""
+    names = {f.name for f in cfg_lib.field_specs()}
+    head = message.split("=", 1)[0].split(" ", 1)[0]
+    return f"--{message}" if head in names else f"{default_flag}: {message}"
+
+
+def load_data(config: cfg_lib.Config) -> Data:
+    c = config
+    try:
+        source = sources.load_source(c.dataset, data_dir=c.data_dir or None,
+                                     label_key=c.label_key or None, extra=c.svhn_extra)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError([f"--dataset={c.dataset}: {' '.join(str(err).split())}"]) from None
+    dcfg = distortion_config(c)
+    try:
+        split = distortion.make_split(source, dcfg)
+    except ValueError as err:
+        raise ConfigError([_flag_prefixed(" ".join(str(err).split()), f"--dataset={c.dataset}")]) from None
+    train_on = cfg_lib.METHODS[c.method]["train_on"]
+    if train_on == "val":
+        index, labels = split.val_index, split.val_labels
+    elif train_on == "train+val":
+        index = np.concatenate([split.train_index, split.val_index])
+        labels = np.concatenate([split.train_labels, split.val_labels])
+    else:
+        index, labels = split.train_index, split.train_labels
+    has_val = train_on == "train" and c.ablation != "oversplit"
+    return Data(source, split, dcfg, np.asarray(index, np.int64), np.asarray(labels, np.int32),
+                has_val)
+
+
+def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int) -> str | None:
+    """Why the model cannot run on these images (traced abstractly), or None."""
+    h, w = image_shape[:2]
+    minimum = {"resnet18": 32, "wrn28_2": 8, "wrn28_10": 8, "lenet": 16, "mnist_resnet": 8,
+               "small_cnn": 4}.get(config.model, 1)
+    if min(h, w) < minimum:
+        return f"needs images of at least {minimum}x{minimum}"
+    try:
+        model = models.get_model(config.model, num_classes)
+        jax.eval_shape(lambda k: models.init_variables(model, k, tuple(image_shape)),
+                       jax.random.key(0))
+    except Exception as err:  # noqa: BLE001  any trace failure means the model does not fit
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    return None
+
+
+def check_workdir(config: cfg_lib.Config, workdir: str) -> bool:
+    """Raises ConfigError if `workdir` holds a run of another configuration.
+
+    Returns:
+      True when the workdir already holds this configuration's config.json (resume).
+    """
+    path = os.path.join(workdir, artifacts.CONFIG_FILE)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError([f"--workdir={workdir}: exists and is not a directory"])
+    if not os.path.exists(path):
+        return False
+    try:
+        saved = artifacts.read_json(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"--workdir={workdir}: unreadable {path} ({err}); "
+                           "use another --workdir"]) from None
+    diffs = cfg_lib.config_mismatch(saved, config)
+    if diffs:
+        raise ConfigError([f"--workdir={workdir}: holds a run of another configuration "
+                           f"({'; '.join(diffs)}); use another --workdir or the saved flags"])
+    return True
+
+
+def prepare(config: cfg_lib.Config, workdir: str) -> Data:
+    """All checks of a run; writes nothing. Raises ConfigError listing every problem."""
+    errors = cfg_lib.static_errors(config)
+    if errors:
+        raise ConfigError(errors)
+    data = load_data(config)
+    src, split = data.source, data.split
+    policy = host_policy(config)
+    errors = []
+    allowed = transforms.allowed_policies(src.family)
+    if policy not in allowed:
+        errors.append(f"--method={config.method}: needs the host policy {policy}, which the "
+                      f"original does not define for --dataset={config.dataset} (family "
+                      f"{src.family}); policies there: {', '.join(allowed)}")
+    errors += cfg_lib.data_errors(
+        config, image_shape=tuple(src.image_shape), num_classes=int(src.num_classes),
+        num_train=split.num_train, num_val=int(split.val_index.size), num_test=len(src.test),
+        num_devices=jax.device_count(),
+        model_error=model_fit_error(config, tuple(src.image_shape), int(src.num_classes)))
+    if errors:
+        raise ConfigError(errors)
+    check_workdir(config, workdir)
+    split_path = os.path.join(workdir, SPLIT_FILE)
+    if os.path.exists(split_path):
+        try:
+            saved = distortion.load_split(split_path, data.distortion, src)
+        except ValueError as err:
+            raise ConfigError([f"--workdir={workdir}: {' '.join(str(err).split())}"]) from None
+        if not np.array_equal(saved.train_index, split.train_index):
+            raise ConfigError([f"--workdir={workdir}: its {SPLIT_FILE} differs from the split "
+                               "these flags draw; use another --workdir"])
+    return data
+
+
+def write_run_files(config: cfg_lib.Config, workdir: str, data: Data) -> None:
+    """Writes config.json and split.npz (if absent); only process 0 writes."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, artifacts.CONFIG_FILE)
+    if not os.path.exists(path):
+        artifacts.write_json(path, config.to_dict())
+    split_path = os.path.join(workdir, SPLIT_FILE)
+    if not os.path.exists(split_path):
+        distortion.save_split(split_path, data.split, data.distortion, data.source)

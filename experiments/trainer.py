@@ -1,0 +1,305 @@
+"""The training loop behind ``experiments.train``: ``train_and_evaluate(config, workdir)``.
+
+Schedule (AUTODO.md): epochs ``0 .. hyper_start_epoch-1`` are ordinary epochs; from
+``hyper_start_epoch`` on, every epoch first runs a pass of hyper steps (table rows
+updated, model fixed), then one ordinary epoch (tables fixed). A hyper pass has
+``--hyper_steps_per_epoch`` steps, by default one pass over the train rows at the hyper
+batch size (``floor(N / hyper_batch)``, the original's hyper loader), which keeps a hyper
+epoch about as costly as an ordinary one. Validation and test accuracy are measured after
+every epoch.
+
+Determinism: every random choice is a function of (seed, epoch, step): the split (seed),
+the order of rows (ShardLocalSampler seeded per epoch), host augmentation
+(``default_rng([seed', epoch, step, process])``) and device randomness (the state's key,
+folded with the step inside the steps). Checkpoints sit at epoch boundaries, so the data
+position is the epoch; a resumed run reaches the same final numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from autodo_jax import parallel
+from autodo_jax.data import pipeline, transforms
+from experiments import artifacts, run_setup, summary as summary_lib
+from experiments import config as cfg_lib
+from experiments.checkpointing import Checkpointer
+from experiments.metric_writer import MetricWriter
+from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
+from experiments.steps import build_steps
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def derive_seed(seed: int, tag: int) -> int:
+    """An independent non-negative int seed for stream `tag` of run seed `seed`."""
+    return int(np.random.SeedSequence([int(seed), int(tag)]).generate_state(1)[0] >> 1)
+
+
+@dataclasses.dataclass
+class Pipes:
+    """Samplers and loaders of a run (all positioned by (epoch, step))."""
+    train: pipeline.BatchLoader
+    steps_per_epoch: int
+    hyper_train: pipeline.BatchLoader | None
+    hyper_val: pipeline.BatchLoader | None
+    hyper_steps_per_epoch: int
+    eval_transform: Any
+
+
+def build_pipes(config: cfg_lib.Config, data: run_setup.Data, num_shards: int) -> Pipes:
+    c, src, split = config, data.source, data.split
+    pi, pc = jax.process_index(), jax.process_count()
+    cap = c.max_steps_per_epoch or None
+    train_tf = transforms.host_transform(run_setup.host_policy(c), src.family)
+    eval_tf = transforms.host_transform("none", src.family)
+    sampler = parallel.ShardLocalSampler(len(data.train_index), num_shards, c.batch_size,
+                                         derive_seed(c.seed, 1))
+    train = pipeline.BatchLoader(src.train, data.train_index, data.train_labels, sampler,
+                                 train_tf, seed=derive_seed(c.seed, 2), process_index=pi,
+                                 process_count=pc)
+    spe = min(sampler.steps_per_epoch, cap or sampler.steps_per_epoch)
+    hyper_train = hyper_val = None
+    hspe = 0
+    if cfg_lib.has_hyper_steps(c.method):
+        hs = parallel.ShardLocalSampler(split.num_train, num_shards, c.hyper_batch_size,
+                                        derive_seed(c.seed, 3))
+        hyper_train = pipeline.TrainLoader(src, split, hs, train_tf, derive_seed(c.seed, 4),
+                                           process_index=pi, process_count=pc)
+        vs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards,
+                                        c.hyper_batch_size, derive_seed(c.seed, 5))
+        hyper_val = pipeline.ValLoader(src, split, vs, eval_tf, derive_seed(c.seed, 6),
+                                       process_index=pi, process_count=pc)
+        hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
+        hspe = min(hspe, cap or hspe)
+    return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf)
+
+
+def _loader_position(loader: pipeline.BatchLoader, k: int) -> tuple[int, int]:
+    """The k-th batch of an endless sequence of the loader's epochs."""
+    spe = loader.steps_per_epoch
+    return k // spe, k % spe
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Trainer:
+    """One run: state, loaders, writers and the epoch loop (used by train_and_evaluate)."""
+
+    def __init__(self, config: cfg_lib.Config, workdir: str, data: run_setup.Data, mesh,
+                 pipes: Pipes, steps: Any, log: Callable[[str], None]):
+        self.c, self.workdir, self.data, self.steps, self.log = config, workdir, data, steps, log
+        self.mesh, self.pipes = mesh, pipes
+        self.is_main = jax.process_index() == 0
+        self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), log=log)
+        self.hyper = cfg_lib.has_hyper_steps(config.method)
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval_set(self, which: str) -> tuple[Any, np.ndarray, np.ndarray]:
+        src, split = self.data.source, self.data.split
+        if which == "test":
+            index, labels, data = np.arange(len(src.test)), src.test.clean_labels, src.test
+        else:
+            data = src.test if split.val_from == "test" else src.train
+            index, labels = split.val_index, split.val_labels
+        if self.c.eval_limit and self.c.eval_limit < len(index):
+            keep = np.sort(np.random.default_rng(0).permutation(len(index))[: self.c.eval_limit])
+            index, labels = np.asarray(index)[keep], np.asarray(labels)[keep]
+        return data, np.asarray(index), np.asarray(labels)
+
+    def evaluate(self, state, which: str) -> dict[str, Any]:
+        data, index, labels = self._eval_set(which)
+        preds, loss_sum = [], 0.0
+        for batch in pipeline.eval_batches(data, index, labels, self.c.eval_batch_size,
+                                           transform=self.pipes.eval_transform,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count()):
+            out = jax.device_get(self.steps.evaluate(state, parallel.global_batch(batch, self.mesh)))
+            preds.append(np.asarray(out["predictions"])[batch["mask"]])
+            loss_sum += float(out["loss_sum"])
+        pred = np.concatenate(preds)
+        loss = loss_sum / max(len(pred), 1)
+        c = int(self.data.source.num_classes)
+        out = {f"{which}_accuracy": float(np.mean(pred == labels)), f"{which}_loss": loss}
+        if which == "test":
+            out["test_per_class"] = summary_lib.per_class_accuracy(pred, labels, c).tolist()
+            out["test_minority_accuracy"] = summary_lib.minority_accuracy(pred, labels, c)
+        return out
+
+    # ---------------------------------------------------------------- passes
+    def hyper_pass(self, state, epoch: int, counters: dict) -> tuple[Any, dict]:
+        p = self.pipes
+        first = (epoch - self.c.hyper_start_epoch) * p.hyper_steps_per_epoch
+
+        def produce(k):
+            return (p.hyper_train.batch(*_loader_position(p.hyper_train, k)),
+                    p.hyper_val.batch(*_loader_position(p.hyper_val, k)))
+
+        metrics = []
+        for _, (tb, vb) in pipeline.prefetched(produce, iter(range(first, first + p.hyper_steps_per_epoch)), 2):
+            state, m = self.steps.hyper(state, parallel.global_batch(tb, self.mesh),
+                                        parallel.global_batch(vb, self.mesh))
+            metrics.append(m)
+            counters["hyper_images"] += self.c.hyper_batch_size
+        return state, _mean_metrics(metrics, "hyper_")
+
+    def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
+        metrics = []
+        p = self.pipes
+        for _, s, batch in p.train.iterate(epoch, 0, p.steps_per_epoch):
+            state, m = self.steps.inner(state, parallel.global_batch(batch, self.mesh))
+            metrics.append(m)
+            counters["train_images"] += self.c.batch_size
+            counters["step"] += 1
+            if self.c.log_every and (s + 1) % self.c.log_every == 0 and s + 1 < p.steps_per_epoch:
+                last = _mean_metrics(metrics[-self.c.log_every:], "train_")
+                self._progress(epoch, s + 1, last, counters, t0)
+        return state, _mean_metrics(metrics, "train_")
+
+    def _progress(self, epoch: int, step_in_epoch: int, m: dict, counters: dict, t0: float,
+                  extra: str = "") -> None:
+        """Progress line; `epoch` is 0-based, `step_in_epoch` the steps done in it."""
+        c, p = self.c, self.pipes
+        elapsed = time.time() - t0
+        done_imgs = counters["train_images"] + counters["hyper_images"] - counters["start_images"]
+        ips = done_imgs / elapsed if elapsed > 0 else float("nan")
+        hyper_epochs = max(0, c.epochs - max(epoch, c.hyper_start_epoch)) if self.hyper else 0
+        left = ((c.epochs - epoch) * p.steps_per_epoch - step_in_epoch) * c.batch_size + \
+            hyper_epochs * p.hyper_steps_per_epoch * c.hyper_batch_size
+        eta = left / ips if ips and math.isfinite(ips) and ips > 0 else float("nan")
+        self.log(f"epoch {epoch + 1}/{c.epochs} step {counters['step']} "
+                 f"loss {m.get('train_loss', float('nan')):.4f} "
+                 f"acc {100 * m.get('train_accuracy', float('nan')):.1f}%{extra} "
+                 f"img/s {ips:.0f} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        c = self.c
+        state = self.steps.init_state()
+        counters = {"epoch": 0, "step": 0, "train_images": 0, "hyper_images": 0,
+                    "wall_time_s": 0.0}
+        history: list[dict] = []
+        restored = self.ckpt.restore_latest(state)
+        if restored is not None:
+            _, state, meta = restored
+            counters.update({k: meta[k] for k in counters})
+            history = meta["history"]
+            self.log(f"resumed from {self.ckpt.directory} at epoch {counters['epoch']} "
+                     f"(step {counters['step']})")
+        writer = MetricWriter(self.workdir, resume_epoch=counters["epoch"] if restored else None,
+                              resume_step=counters["step"], enabled=self.is_main)
+        if not restored:
+            writer.write_text("config", "```\n" + json.dumps(c.to_dict(), indent=1) + "\n```")
+        t0 = time.time()
+        wall0 = counters["wall_time_s"]
+        counters["start_images"] = counters["train_images"] + counters["hyper_images"]
+        stop = c.stop_after_epoch or c.epochs
+        p_steps = self.pipes.steps_per_epoch
+        for epoch in range(counters["epoch"], min(c.epochs, stop)):
+            rec: dict[str, Any] = {}
+            if self.hyper and epoch >= c.hyper_start_epoch:
+                th = time.time()
+                state, hm = self.hyper_pass(state, epoch, counters)
+                rec.update(hm, hyper_time_s=time.time() - th)
+            te = time.time()
+            state, tm = self.train_pass(state, epoch, counters, t0)
+            rec.update(tm, train_time_s=time.time() - te)
+            self.steps.check_finite(rec, counters["step"])
+            if self.data.has_val:
+                rec.update(self.evaluate(state, "val"))
+            rec.update(self.evaluate(state, "test"))
+            counters["epoch"] = epoch + 1
+            rec.update(epoch=epoch + 1, step=counters["step"])
+            history.append(rec)
+            writer.write("epoch", counters["step"], epoch + 1,
+                         {k: v for k, v in rec.items() if k not in ("epoch", "step", "test_per_class")})
+            val = f" val {100 * rec['val_accuracy']:.1f}%" if "val_accuracy" in rec else ""
+            self._progress(epoch, p_steps, rec, counters, t0,
+                           extra=f"{val} test {100 * rec['test_accuracy']:.1f}%")
+            last = epoch + 1 == c.epochs or epoch + 1 == stop
+            if (epoch + 1) % c.checkpoint_every == 0 or last:
+                counters["wall_time_s"] = wall0 + time.time() - t0
+                meta = {k: counters[k] for k in ("epoch", "step", "train_images", "hyper_images",
+                                                  "wall_time_s")}
+                self.ckpt.save(counters["step"], state, dict(meta, history=history))
+        writer.close()
+        self.ckpt.wait()
+        counters["wall_time_s"] = wall0 + time.time() - t0
+        if counters["epoch"] < c.epochs:
+            self.log(f"stopped after epoch {counters['epoch']} (--stop_after_epoch); "
+                     "run the same command again to resume")
+            self.ckpt.close()
+            return {"stopped_after_epoch": counters["epoch"]}
+        out = self.finish(state, history, counters)
+        self.ckpt.close()
+        return out
+
+    def finish(self, state, history: list[dict], counters: dict) -> dict[str, Any]:
+        c, split = self.c, self.data.split
+        learned = cfg_lib.METHODS[c.method]["learn"]
+        table = self.steps.table_arrays(state, split.num_train) if learned else None
+        if table is not None and self.is_main:
+            artifacts.save_final_table(
+                self.workdir, table, given_labels=split.train_labels,
+                clean_labels=split.train_clean_labels, noisy=split.noisy,
+                train_index=split.train_index, num_classes=split.num_classes, method=c.method,
+                op_names=np.array(self.steps.op_names))
+        out = summary_lib.build_summary(
+            history=history, num_classes=split.num_classes, has_val=self.data.has_val,
+            table=table, given=split.train_labels, clean=split.train_clean_labels,
+            learned=learned, wall_time_s=counters["wall_time_s"],
+            train_images=counters["train_images"], hyper_images=counters["hyper_images"],
+            extra={"method": c.method, "dataset": c.dataset, "model": c.model,
+                   "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
+                   "seed": c.seed, "num_train": split.num_train,
+                   "num_devices": int(self.mesh.size), "epochs": c.epochs,
+                   "workdir": os.path.abspath(self.workdir)})
+        if self.is_main:
+            artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
+        return out
+
+
+def _mean_metrics(metrics: list[dict], prefix: str) -> dict[str, float]:
+    """Means over steps of each scalar metric (one host transfer for the whole list)."""
+    if not metrics:
+        return {}
+    host = jax.device_get(metrics)
+    out = {}
+    for k in host[0]:
+        vals = np.asarray([np.asarray(m[k], np.float64) for m in host])
+        if vals.ndim == 1:
+            out[prefix + k if not k.startswith(prefix) else k] = float(vals.mean())
+    return out
+
+
+def train_and_evaluate(config: cfg_lib.Config, workdir: str,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) one experiment and returns its summary (also in summary.json).
+
+    Raises:
+      ConfigError: settings that cannot run (nothing has been written then).
+    """
+    log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
+    data = run_setup.prepare(config, workdir)
+    run_setup.write_run_files(config, workdir, data)
+    mesh = parallel.make_mesh(config.num_devices or None)
+    pipes = build_pipes(config, data, mesh.size)
+    steps = build_steps(config, data, mesh, pipes.steps_per_epoch, pipes.hyper_steps_per_epoch,
+                        derive_seed(config.seed, 7))
+    return Trainer(config, workdir, data, mesh, pipes, steps, log).run()
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Prints the summary without the long per-class and per-epoch parts, then its path."""
+    short = {k: v for k, v in summary.items() if k not in ("epochs", "per_class_accuracy_final")}
+    print(json.dumps(short, indent=2))

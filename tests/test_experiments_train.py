@@ -1,0 +1,181 @@
+"""End-to-end tests of experiments.train on 8 forced CPU devices (tiny runs).
+
+One finished tiny autodo_aws run on mnist5k is shared by the module (resume equivalence,
+results, plots). Every method runs one step on mnist5k and on TFDS mock data; the mock
+"mnist" runs reuse the compiled steps of the mnist5k runs (same shapes and StepConfig), so
+only fast_aa / dada (no MNIST policy in the original) need a 32x32x3 mock set.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import artifacts, config as cfg_lib, results, trainer, visualize
+from experiments.metric_writer import read_metrics
+
+TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
+            hyper_start_epoch=1, max_steps_per_epoch=2, eval_limit=64, subsample_ratio=0.2,
+            warmup_epochs=1.0, checkpoint_every=1)
+ONE_STEP = dict(TINY, epochs=1, hyper_start_epoch=0, max_steps_per_epoch=1)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    """Tiny runs: compile time dominates, so skip most XLA optimisations (restored)."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+def _run(workdir, **changes):
+    return trainer.train_and_evaluate(cfg_lib.Config(**changes), str(workdir), log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch autodo_aws run (hyper pass in epoch 2) on mnist5k."""
+    wd = tmp_path_factory.mktemp("aws")
+    summary = _run(wd, **TINY)
+    return wd, summary
+
+
+def test_finished_workdir_contents(finished):
+    wd, summary = finished
+    names = set(os.listdir(wd))
+    assert {"config.json", "split.npz", "checkpoints", "metrics.jsonl", "tensorboard",
+            "summary.json", "final_table.npz"} <= names
+    assert artifacts.read_json(os.path.join(wd, "summary.json")) == summary
+    assert summary["num_devices"] == 8 and summary["hyper_images"] == 16 * 2
+    for key in ("test_accuracy_final", "test_accuracy_val_selected",
+                "test_accuracy_best_on_test_paper_protocol", "minority_accuracy_final",
+                "weight_auc_clean_vs_noisy", "soft_label_noisy_fixed_fraction"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert len(summary["per_class_accuracy_final"]) == 10
+    epochs = read_metrics(str(wd), "epoch")
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert "hyper_val_loss" in epochs[1] and "hyper_val_loss" not in epochs[0]
+    table = artifacts.load_final_table(str(wd))
+    n = summary["num_train"]
+    assert table["aug_p"].shape == (n, 7) and table["weight"].shape == (n,)
+    assert table["soft"].shape == (n, 10) and table["noisy"].shape == (n,)
+    # the hyper step touched some rows, not all of them
+    assert 0 < np.count_nonzero(table["weight"]) < n
+
+
+def test_resume_reaches_the_same_result(finished, tmp_path):
+    _, straight = finished
+    stopped = _run(tmp_path, **TINY, stop_after_epoch=1)
+    assert stopped == {"stopped_after_epoch": 1}
+    assert not os.path.exists(tmp_path / "summary.json")
+    resumed = _run(tmp_path, **TINY)
+    for key in ("test_accuracy_final", "test_accuracy_val_selected", "per_class_accuracy_final",
+                "weight_auc_clean_vs_noisy", "soft_label_noisy_fixed_fraction", "epochs"):
+        assert resumed[key] == straight[key], key
+    a = artifacts.load_final_table(str(finished[0]))
+    b = artifacts.load_final_table(str(tmp_path))
+    for k in ("aug_p", "aug_m", "weight", "soft"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert [r["epoch"] for r in read_metrics(str(tmp_path), "epoch")] == [1, 2]
+
+
+def test_corrupt_checkpoint_falls_back(finished, tmp_path):
+    _run(tmp_path, **TINY)
+    ckpt = tmp_path / "checkpoints"
+    first, last = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+    for root, _, files in os.walk(ckpt / str(last)):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    os.remove(tmp_path / "summary.json")
+    msgs = []
+    out = trainer.train_and_evaluate(cfg_lib.Config(**TINY), str(tmp_path), log=msgs.append)
+    assert any(f"checkpoint step {last}" in m and f"falling back to step {first}" in m
+               for m in msgs), msgs
+    assert out["epochs"] == finished[1]["epochs"]
+
+
+def test_workdir_of_another_config_is_refused(finished):
+    wd, _ = finished
+    before = sorted(os.listdir(wd))
+    with pytest.raises(trainer.ConfigError) as err:
+        _run(wd, **dict(TINY, epochs=3))
+    assert err.value.lines[0].startswith(f"--workdir={wd}: holds a run of another configuration")
+    assert "epochs: workdir has 2, flags give 3" in err.value.lines[0]
+    assert sorted(os.listdir(wd)) == before
+
+
+@pytest.mark.parametrize("method", ["none", "crop_flip", "randaugment", "autodo_sha", "autodo_a",
+                                    "autodo_aw", "val_only", "train_plus_val"])
+def test_one_step_every_method_mnist5k(method, tmp_path):
+    s = _run(tmp_path, **ONE_STEP, method=method)
+    assert 0.0 <= s["test_accuracy_final"] <= 1.0
+    assert (s["test_accuracy_val_selected"] is None) == (method in ("val_only", "train_plus_val"))
+    assert (s["hyper_images"] > 0) == method.startswith("autodo")
+    assert os.path.exists(tmp_path / "final_table.npz") == method.startswith("autodo")
+
+
+@pytest.mark.parametrize("dataset, methods", [
+    ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada"})),
+    ("cifar10", ["fast_aa", "dada"]),
+])
+def test_one_step_every_method_tfds_mock(dataset, methods, tmp_path):
+    with tfds.testing.mock_data(num_examples=200):
+        for method in methods:
+            s = _run(tmp_path / method, **dict(ONE_STEP, subsample_ratio=1.0, val_size=40,
+                                               imbalance_ratio=1.0), dataset=dataset, method=method)
+            assert 0.0 <= s["test_accuracy_final"] <= 1.0, method
+
+
+def test_flag_errors_exit_2_and_write_nothing(tmp_path):
+    wd = tmp_path / "wd"
+    cases = [
+        (["--noise_ratio=1.5", "--batch_size=0"], ["--noise_ratio=1.5", "--batch_size=0"]),
+        (["--method=bogus"], ["flag --method=bogus"]),
+        (["--method=none", "--symmetric_kl=true"], ["--symmetric_kl=true"]),
+    ]
+    for args, starts in cases:
+        p = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={wd}", *args],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2, (args, p.stderr)
+        for line, start in zip(lines, starts):
+            assert line.startswith("error: " + start), line
+        assert not wd.exists()
+
+
+def test_data_dependent_errors_exit_2(tmp_path):
+    wd = tmp_path / "wd"
+    p = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={wd}",
+                        "--batch_size=5000", "--model=resnet18", "--method=fast_aa"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert [ln.split("=")[0] for ln in lines] == ["error: --method", "error: --model",
+                                                  "error: --batch_size"]
+    assert not wd.exists()
+
+
+def test_results_and_visualize_on_finished_workdir(finished, tmp_path):
+    wd, summary = finished
+    tables = results.build_tables(results.find_runs([str(wd)]), "final")
+    t = tables[("mnist5k", "small_cnn")]
+    assert t["columns"] == ["10-0.2"]
+    ((method, cells),) = t["rows"]
+    assert method == "autodo_aws"
+    assert cells["10-0.2"] == [pytest.approx(100 * (1 - summary["test_accuracy_final"]))]
+    written = visualize.make_plots(str(wd), str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == [
+        "augmentation.png", "curves.png", "soft_labels.png", "weights.png"]
+    p = subprocess.run([sys.executable, "-m", "experiments.results", str(wd), "--csv",
+                        str(tmp_path / "r.csv")], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "| λ^{A,W,S} |" in p.stdout and (tmp_path / "r.csv").exists()
+    assert json.loads(json.dumps(summary)) == summary
