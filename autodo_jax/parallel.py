@@ -250,21 +250,38 @@ def save_tables(path: str | os.PathLike, table: Table, opt_state: RowOptState, *
         ckptr.wait_until_finished()
 
 
-def _shape_errors(saved: Any, expected: Any) -> list[str]:
+def _compare(saved: Any, expected: Any, n_saved: int, n_expected: int, num_rows: Optional[int]):
+    """(errors, keys whose row count differs only by padding) between checkpoint metadata
+    and the expected tree; both trees are flattened with paths."""
     flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
     flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    errors = []
+    errors, repad = [], set()
     for key in sorted(set(flat_saved) | set(flat_expected), key=str):
         name = jax.tree_util.keystr(key)
         if key not in flat_saved or key not in flat_expected:
             errors.append(f"{name}: {'missing in checkpoint' if key not in flat_saved else 'not expected'}")
-        elif tuple(flat_saved[key].shape) != tuple(flat_expected[key].shape):
-            errors.append(f"{name}: checkpoint {tuple(flat_saved[key].shape)} != expected {tuple(flat_expected[key].shape)}")
-    return errors
+            continue
+        got, want = tuple(flat_saved[key].shape), tuple(np.shape(flat_expected[key]))
+        if got == want:
+            continue
+        padding_only = (
+            num_rows is not None and got[1:] == want[1:] and (got[0], want[0]) == (n_saved, n_expected)
+            and min(n_saved, n_expected) >= num_rows
+        )
+        if padding_only:
+            repad.add(key)
+        else:
+            errors.append(f"{name}: checkpoint {got} != expected {want}")
+    return errors, repad
 
 
 def restore_tables(
-    path: str | os.PathLike, like_table: Table, like_opt_state: RowOptState, mesh: Optional[Mesh] = None
+    path: str | os.PathLike,
+    like_table: Table,
+    like_opt_state: RowOptState,
+    mesh: Optional[Mesh] = None,
+    *,
+    num_rows: Optional[int] = None,
 ) -> tuple[Table, RowOptState]:
     """Restores a :func:`save_tables` checkpoint, resharding onto ``mesh``.
 
@@ -275,27 +292,45 @@ def restore_tables(
       like_opt_state: the matching optimizer state (or its abstract shape).
       mesh: target mesh; rows are placed ``P("data")``, the rest replicated. ``None``:
         the like leaves' own shardings, else the first device.
+      num_rows: the real N. When given, the checkpoint's padded N may differ from the
+        expected one (another device count): rows ``>= num_rows`` are padding and are
+        re-padded with zeros. Those leaves are read whole onto one device per process
+        first. Without it, shapes must match exactly.
 
     Returns:
       ``(table, opt_state)`` as new arrays.
 
     Raises:
       ValueError: when the checkpoint's structure or any leaf shape differs from the
-        expected one (nothing is read or changed then). Moving between device counts
-        works when the padded N is the same on both (e.g. N a multiple of both counts).
+        expected one (beyond padding, with ``num_rows``); nothing is read then, and the
+        caller's arrays and the checkpoint are unchanged.
     """
     path = os.path.abspath(os.fspath(path))
-    like = {"table": like_table, "opt_state": like_opt_state}
+    like = {"table": like_table, "opt_state": like_opt_state._asdict()}  # as stored on disk
+    n_expected = num_table_rows(like_table)
+    first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if mesh is not None:
-        shardings = row_shardings(like, mesh, num_table_rows(like_table))
+        shardings = row_shardings(like, mesh, n_expected)
     else:
-        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda x: getattr(x, "sharding", None) or default, like)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), like, shardings)
+        shardings = jax.tree.map(lambda x: getattr(x, "sharding", None) or first, like)
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path).item_metadata.tree
-        errors = _shape_errors(saved, {"table": like_table, "opt_state": like_opt_state._asdict()})
+        n_saved = num_table_rows(saved["table"]) if isinstance(saved, dict) and "table" in saved else -1
+        errors, repad = _compare(saved, like, n_saved, n_expected, num_rows)
         if errors:
             raise ValueError(f"restore_tables({path}): checkpoint does not match the expected tables: " + "; ".join(errors))
-        restored = ckptr.restore(path, abstract)
-    return restored["table"], restored["opt_state"]
+        flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+        flat_shardings = treedef.flatten_up_to(shardings)
+        abstract = [
+            jax.ShapeDtypeStruct((n_saved,) + np.shape(x)[1:], x.dtype, sharding=first) if key in repad
+            else jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
+            for (key, x), sh in zip(flat, flat_shardings)
+        ]
+        leaves = treedef.flatten_up_to(ckptr.restore(path, treedef.unflatten(abstract)))
+    for i, ((key, x), sh) in enumerate(zip(flat, flat_shardings)):
+        if key in repad:
+            host = np.asarray(leaves[i])[:num_rows]
+            pad = [(0, n_expected - num_rows)] + [(0, 0)] * (host.ndim - 1)
+            leaves[i] = _put(np.pad(host, pad), sh)
+    restored = treedef.unflatten(leaves)
+    return restored["table"], RowOptState(**restored["opt_state"])

@@ -242,3 +242,28 @@ def test_checkpoint_shape_mismatch_is_a_clear_error_and_changes_nothing(tmp_path
         np.testing.assert_array_equal(np.asarray(table[k]), before[k])
     got, _ = parallel.restore_tables(path, table, state, mesh)  # disk unchanged: still restores
     np.testing.assert_array_equal(np.asarray(got["p"]), before["p"])
+
+
+def test_checkpoint_repads_for_another_device_count(tmp_path):
+    n = 61  # padded to 64 on 8 devices, 62 on 2, 61 on 1
+    mesh8 = parallel.make_mesh(8)
+    opt = tables.row_rmsprop(0.05)
+    table, state = _run(mesh8, n, 2, parallel.ShardLocalSampler(n, 8, 16, seed=2))
+    table = parallel.shard_table(tables.init_table(table), mesh8)
+    state = opt.init(table)._replace(count=jnp.asarray(2, jnp.int32))
+    path = tmp_path / "tables"
+    parallel.save_tables(path, table, state)
+    for mesh, n_pad in ((parallel.make_mesh(2), 62), (None, 61)):
+        like_table = {k: jax.ShapeDtypeStruct((n_pad,) + v.shape[1:] if k != "s" else v.shape, v.dtype)
+                      for k, v in table.items()}
+        like_state = jax.eval_shape(opt.init, like_table)
+        with pytest.raises(ValueError, match=r"\['table'\]\['p'\]: checkpoint \(64, 3\) != expected"):
+            parallel.restore_tables(path, like_table, like_state, mesh)
+        got, got_state = parallel.restore_tables(path, like_table, like_state, mesh, num_rows=n)
+        assert got["p"].shape == (n_pad, 3) and got_state.last.shape == (n_pad,)
+        np.testing.assert_array_equal(np.asarray(got["p"])[:n], np.asarray(table["p"])[:n])
+        np.testing.assert_array_equal(np.asarray(got["p"])[n:], 0.0)
+        np.testing.assert_array_equal(np.asarray(got["s"]), np.asarray(table["s"]))
+        assert int(got_state.count) == 2
+        if mesh is not None:
+            assert got["p"].sharding.spec == P("data") and got_state.last.sharding.spec == P("data")
