@@ -5,7 +5,7 @@
 - :func:`autodo_table_init`, :func:`create_train_state`, :class:`TrainState`.
 - :func:`inner_step` (model SGD step with λ fixed), :func:`hyper_step` (implicit
   hypergradient and row-sparse RMSprop on the batch's table rows), :func:`eval_step`,
-  :func:`check_finite`.
+  :func:`check_finite`; :func:`table_hypergrads` (the hypergradient part of the hyper step).
 
 Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
@@ -15,7 +15,8 @@ from autodo_jax._src.train.config import (COMPUTE_DTYPES, SOLVERS, StepConfig,
                                           make_solver, model_from_config, table_optimizer)
 from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
                                          place_state)
-from autodo_jax._src.train.steps import check_finite, eval_step, hyper_step, inner_step
+from autodo_jax._src.train.steps import (check_finite, eval_step, hyper_step, inner_step,
+                                         table_hypergrads)
 from autodo_jax.models import get_model
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "make_solver",
     "model_from_config",
     "place_state",
+    "table_hypergrads",
     "table_optimizer",
 ]

@@ -39,9 +39,9 @@ def test_all_names_tested_and_bad_name():
         get_model("resnet50", 10)
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "mnist_resnet"])
-def test_encode_head_split_matches_apply(name):
-    model = get_model(name, 10)
+def test_encode_head_split_matches_apply():
+    """mnist_resnet: the BatchNorm path (running statistics updated only in train mode)."""
+    model = get_model("mnist_resnet", 10)
     variables = init_variables(model, jax.random.key(1), (8, 8, 1))
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
 
@@ -60,13 +60,15 @@ def test_encode_head_split_matches_apply(name):
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(
         lambda a, b: bool(jnp.all(a == b)), bs, same_bs))
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), bs, new_bs)
-    assert any(jax.tree_util.tree_leaves(changed)) == (name == "mnist_resnet")
+    assert all(jax.tree_util.tree_leaves(changed))
 
 
 def test_bfloat16_compute_keeps_float32_params():
     model = get_model("mnist_resnet", 10, dtype=jnp.bfloat16)
-    variables = init_variables(model, jax.random.key(0), (8, 8, 1))
-    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+    # Variables do not depend on the compute dtype: reuse the float32 model's init.
+    shapes = jax.eval_shape(lambda k: init_variables(model, k, (8, 8, 1)), jax.random.key(1))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
+    variables = init_variables(get_model("mnist_resnet", 10), jax.random.key(1), (8, 8, 1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     logits = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
     ref = jax.jit(lambda v, x: get_model("mnist_resnet", 10).apply(v, x))(variables, x)

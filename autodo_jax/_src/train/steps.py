@@ -68,7 +68,7 @@ def _train_loss(logits, labels, rows, cfg) -> jax.Array:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
+    return optax.tree.norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -141,41 +141,33 @@ def _hypergrad_kwargs(cfg: StepConfig, key: jax.Array, labels: jax.Array) -> dic
     return kwargs
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
-def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: StepConfig,
-               mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
-    """One implicit-differentiation step on the batch's table rows (one compiled function).
+def table_hypergrads(state: TrainState, train_batch: Batch, val_batch: Batch,
+                     cfg: StepConfig, mesh: Optional[Mesh] = None):
+    """Hypergradients of the validation loss with respect to the batch's table rows.
 
     θ = the head; the encoder is frozen and in inference mode (BatchNorm running
     statistics). The train features f(λ_A) = encoder(augment(x; λ_A)) are computed once
     with a VJP; ``implicit.hypergrad`` then treats (features, λ_W, λ_S) as the
-    hyperparameters of the head's losses (all curvature products touch the head only), and
-    the features' hypergradient is pulled back through encoder and warp into λ_A. The
-    rows are updated by the row-sparse RMSprop; a non-finite hypergradient leaves table
-    and RMSprop state untouched (counted in ``metrics["skipped"]``). Model parameters,
-    BatchNorm statistics and the SGD state are not changed. ``state`` is donated.
+    hyperparameters of the head's losses, so every curvature product touches the head
+    only, and the features' hypergradient is pulled back through encoder and warp into
+    λ_A (the chain rule; the same result as differentiating through the warp inside the
+    train loss). Pure; called inside :func:`hyper_step`.
 
     Args:
-        state: the train state (donated); ``cfg`` must learn something.
-        train_batch: ``{"images", "labels", "ids"}`` as for :func:`inner_step`.
-        val_batch: ``{"images": (V, H, W, C), "labels": int32 (V,)}`` clean validation
-            batch (not augmented; "ids"/"mask" ignored).
-        cfg: static step configuration (solver, curvature, hyper learning rate).
-        mesh: optional static mesh (axis "data").
+        state, train_batch, val_batch, cfg, mesh: as for :func:`hyper_step`.
 
     Returns:
-        ``(new_state, metrics)``; metrics: "train_loss", "val_loss", "train_grad_norm",
-        "val_grad_norm", "grad_divergence", "residual", "solver_iterations",
-        "neumann_gap", "solution_cosine", "hypergrad_norm", "finite" (bool), "skipped"
-        (int32 0/1), "hyper_lr", and "weight_mean" when weights are learned.
+        ``(rows, row_grads, info, losses)``: gathered float32 rows ``{name: (B, ...)}``,
+        their descent gradients (same structure), the ``implicit.HypergradInfo`` and
+        ``{"train_loss", "val_loss"}`` at the current head.
     """
     if not cfg.learns_anything:
         raise ValueError("hyper_step: cfg learns no hyperparameters (learn_aug, "
                          "learn_weight and learn_soft are all False)")
     model = model_from_config(cfg)
     key = _step_key(state.rng, _HYPER_STREAM, state.hyper_step)
-    ids, labels = train_batch["ids"], train_batch["labels"]
-    rows = _rows(state, ids, cfg, mesh)
+    labels = train_batch["labels"]
+    rows = _rows(state, train_batch["ids"], cfg, mesh)
     params, stats = state.params, state.batch_stats
 
     def features(aug_rows):
@@ -210,19 +202,51 @@ def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: Ste
     row_grads = {k: v for k, v in hp_grads.items() if k != "features"}
     if cfg.learn_aug:
         row_grads.update(features_vjp(hp_grads["features"])[0])
-    finite = info.finite & _all_finite(row_grads)
+    values = {"train_loss": train_loss(params["head"], hparams, tb),
+              "val_loss": val_loss(params["head"], vb)}
+    return rows, row_grads, info, values
 
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
+def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: StepConfig,
+               mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
+    """One implicit-differentiation step on the batch's table rows (one compiled function).
+
+    Gathers the rows, computes their hypergradients (:func:`table_hypergrads`: head-only
+    implicit differentiation, encoder frozen in inference mode, gradients through the warp
+    into λ_A) and updates the rows with the row-sparse RMSprop. A non-finite hypergradient
+    leaves table and RMSprop state untouched (``lax.cond``; counted in
+    ``metrics["skipped"]``). Model parameters, BatchNorm statistics and the SGD state are
+    not changed. ``state`` is donated.
+
+    Args:
+        state: the train state (donated); ``cfg`` must learn something.
+        train_batch: ``{"images", "labels", "ids"}`` as for :func:`inner_step`.
+        val_batch: ``{"images": (V, H, W, C), "labels": int32 (V,)}`` clean validation
+            batch (not augmented; other keys ignored).
+        cfg: static step configuration (solver, curvature, hyper learning rate).
+        mesh: optional static mesh (axis "data").
+
+    Returns:
+        ``(new_state, metrics)``; metrics: "train_loss", "val_loss", "train_grad_norm",
+        "val_grad_norm", "grad_divergence", "residual", "solver_iterations",
+        "neumann_gap", "solution_cosine", "hypergrad_norm", "finite" (bool), "skipped"
+        (int32 0/1), "hyper_lr", and "weight_mean" when weights are learned.
+    """
+    rows, row_grads, info, values = table_hypergrads(state, train_batch, val_batch, cfg,
+                                                     mesh)
+    finite = info.finite & _all_finite(row_grads)
     optimizer = table_optimizer(cfg)
 
     def update(operands):
         table, opt_state = operands
-        return tables.apply_rows(optimizer, table, opt_state, ids, row_grads, mesh=mesh)
+        return tables.apply_rows(optimizer, table, opt_state, train_batch["ids"], row_grads,
+                                 mesh=mesh)
 
     table, table_opt_state = lax.cond(finite, update, lambda ops: ops,
                                       (state.table, state.table_opt_state))
     metrics = {
-        "train_loss": train_loss(params["head"], hparams, tb),
-        "val_loss": val_loss(params["head"], vb),
+        **values,
         "train_grad_norm": info.train_grad_norm,
         "val_grad_norm": info.val_grad_norm,
         "grad_divergence": info.grad_divergence,
