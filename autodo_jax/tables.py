@@ -12,9 +12,11 @@ temporaries. Under ``jax.jit`` with the table and optimizer state donated, XLA u
 the buffers in place.
 
 Ids: int32/int64 of shape (B,). When ``ids`` are concrete (not traced) they are checked
-and bad ids raise ``ValueError`` (negative, >= N, or, with a mesh, not in the shard of
-the device that holds them). Under ``jit`` they cannot be checked: an invalid id gathers
-zeros and its row update is dropped (scatter ``mode="drop"``); it is never wrapped around.
+and bad ids raise ``ValueError`` (negative, >= N, a non-integer dtype, or, with a mesh,
+not in the shard of the device that holds them). Under ``jit`` values cannot be checked:
+an invalid id (including, with a mesh, an id outside its device's shard) gathers zeros
+and its row update is dropped (scatter ``mode="drop"``); a negative id is never wrapped
+around. Shared leaves still receive the gradients of every batch entry.
 Duplicate ids in one batch are *summed*: the row is updated once with the sum of their
 gradients (what a dense optimizer would see after a scatter-add).
 

@@ -54,11 +54,6 @@ CASES = {
         lambda: optax.rmsprop(SCHEDULE, decay=0.99, eps=1e-8, eps_in_sqrt=False),
         False,
     ),
-    "rmsprop_const_lr": (
-        lambda: tables.row_rmsprop(0.01, state_dtype=jnp.float64),
-        lambda: optax.rmsprop(0.01, decay=0.99, eps=1e-8, eps_in_sqrt=False),
-        False,
-    ),
     # Lazy Adam == dense Adam (zero grads on untouched rows) with updates masked to touched rows.
     "adam": (
         lambda: tables.row_adam(SCHEDULE, state_dtype=jnp.float64),
@@ -109,11 +104,12 @@ def test_dense_adam_drift_is_not_reproduced():
     np.testing.assert_allclose(table["p"][1], dense[1], atol=1e-6)  # same where touched last
 
 
-def test_rmsprop_float32_matches_dense_optax():
+def test_rmsprop_float32_with_optax_schedule_matches_dense_optax():
+    schedule = optax.exponential_decay(0.01, transition_steps=10, decay_rate=0.5)
     table = tables.init_table(_initial())
-    opt = tables.row_rmsprop(0.01)
+    opt = tables.row_rmsprop(schedule)
     state = opt.init(table)
-    dense_opt = optax.rmsprop(0.01, decay=0.99, eps=1e-8, eps_in_sqrt=False)
+    dense_opt = optax.rmsprop(schedule, decay=0.99, eps=1e-8, eps_in_sqrt=False)
     dense = {k: jnp.asarray(v) for k, v in table.items()}
     dense_state = dense_opt.init(dense)
     for ids, grads in _batches(steps=50):
@@ -121,7 +117,7 @@ def test_rmsprop_float32_matches_dense_optax():
         updates, dense_state = dense_opt.update(_dense_grads(ids, grads), dense_state, dense)
         dense = optax.apply_updates(dense, updates)
     for k in table:
-        np.testing.assert_allclose(table[k], dense[k], rtol=0, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(table[k], dense[k], rtol=0, atol=1e-6, err_msg=k)
 
 
 def test_lazy_decay_closed_form():
