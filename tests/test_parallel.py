@@ -267,3 +267,18 @@ def test_checkpoint_repads_for_another_device_count(tmp_path):
         assert int(got_state.count) == 2
         if mesh is not None:
             assert got["p"].sharding.spec == P("data") and got_state.last.sharding.spec == P("data")
+
+
+def test_non_local_ids_with_a_mesh():
+    """Concrete ids outside their device's shard raise; under jit they gather zeros and
+    their row updates are dropped."""
+    mesh = parallel.make_mesh(8)
+    table = parallel.shard_table(tables.init_table(_initial(64)), mesh)
+    ids = np.arange(16, dtype=np.int32)  # device 1's slice holds rows 2, 3 of shard 0
+    with pytest.raises(ValueError, match="shard d"):
+        tables.gather(table, parallel.global_batch(ids, mesh), mesh=mesh)
+    with pytest.raises(ValueError, match="multiple"):
+        tables.gather(table, np.arange(4, dtype=np.int32), mesh=mesh)
+    rows = jax.jit(lambda t, i: tables.gather(t, i, mesh=mesh))(table, parallel.global_batch(ids, mesh))
+    np.testing.assert_allclose(np.asarray(rows["p"])[:2], _initial(64)["p"][:2], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(rows["p"])[2:], 0.0)
