@@ -176,3 +176,19 @@ def test_bad_input_raises_clear_errors_at_trace_time():
     _, info = jax.jit(lambda p: hypergrad(train_loss, val_loss, p, hparams, tb, vb,
                                           solver=identity()))(params)
     assert bool(info.finite)  # valid input still works
+
+
+def test_readme_example_runs():
+    from autodo_jax import implicit as imp
+
+    x, y = jax.random.normal(jax.random.key(0), (64, 5)), jnp.arange(64.0) % 2
+    train = lambda w, lam, b: (jnp.mean(jnp.exp(lam["logw"]) * (b[0] @ w - b[1]) ** 2)
+                               + jnp.exp(lam["l2"]) * w @ w)
+    val = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
+    lam = {"logw": jnp.zeros(64), "l2": jnp.array(-2.0)}
+    w = jnp.linalg.lstsq(x, y)[0]
+    step = jax.jit(lambda w, lam: imp.hypergrad(train, val, w, lam, (x, y), (x[:16], y[:16]),
+                                                solver=imp.cg(10)))
+    grads, info = step(w, lam)
+    lam = jax.tree.map(lambda l, g: l - 0.1 * g, lam, grads)
+    assert bool(info.finite) and float(info.residual) < 1e-4 and lam["logw"].shape == (64,)
