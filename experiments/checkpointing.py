@@ -4,7 +4,8 @@ newest good checkpoint.
 Kept small on purpose so that Orbax API changes stay in one file. A checkpoint holds
 
 - ``state``: any pytree of arrays (typed PRNG keys are stored as their key data and
-  re-wrapped on restore), restored with the shardings of a template pytree;
+  re-wrapped on restore; zero-size arrays, which Orbax refuses, are stored as a
+  placeholder and rebuilt from the template), restored with the shardings of a template;
 - ``meta``: a JSON-serialisable dict (epoch, data position, evaluation history, ...).
 
 Restoring walks the steps from newest to oldest; a checkpoint that fails to restore is
@@ -26,23 +27,39 @@ def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _unwrap_keys(tree):
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+def _is_empty(x: Any) -> bool:
+    return np.size(x) == 0
+
+
+def _placeholder(x) -> np.ndarray:
+    """Orbax refuses zero-size arrays: they are stored as one zero and rebuilt on restore."""
+    return np.zeros((1,), np.asarray(x).dtype if not isinstance(x, jax.Array) else x.dtype)
+
+
+def _for_saving(tree):
+    def one(x):
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        return _placeholder(x) if _is_empty(x) else x
+    return jax.tree.map(one, tree)
 
 
 def _abstract(x):
     if _is_key(x):
         x = jax.random.key_data(x)
+    if _is_empty(x):
+        return jax.ShapeDtypeStruct((1,), x.dtype)
     if isinstance(x, jax.Array):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
 
 
-def _rewrap_keys(template, restored):
+def _rebuild(template, restored):
+    """Typed keys re-wrapped, zero-size leaves taken from the template."""
     def one(t, r):
         if _is_key(t):
             return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
-        return r
+        return t if _is_empty(t) else r
     return jax.tree.map(one, template, restored)
 
 
@@ -69,7 +86,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves asynchronously; the state's arrays are copied before this returns."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_unwrap_keys(state)),
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_for_saving(state)),
                                   meta=ocp.args.JsonSave(meta))
         self._manager.save(int(step), args=args, force=True)
 
@@ -87,7 +104,7 @@ class Checkpointer:
             try:
                 out = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-                state = _rewrap_keys(template, out["state"])
+                state = _rebuild(template, out["state"])
                 return step, state, dict(out["meta"])
             except Exception as err:  # noqa: BLE001  any failure means this step is unusable
                 reason = " ".join(str(err).split())[:300]

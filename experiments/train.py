@@ -70,7 +70,9 @@ def main(argv: Sequence[str]) -> None:
         sys.stderr.write("".join(f"error: {e}\n" for e in errors))
         sys.exit(2)
     # Imported here so that flag errors are reported before JAX starts.
+    from autodo_jax import parallel
     from experiments.trainer import ConfigError, print_summary, train_and_evaluate
+    parallel.maybe_initialize_distributed()
     try:
         summary = train_and_evaluate(config, FLAGS.workdir or cfg_lib.default_workdir(config))
     except ConfigError as err:

@@ -1,9 +1,11 @@
 """End-to-end tests of experiments.train on 8 forced CPU devices (tiny runs).
 
-One finished tiny autodo_aws run on mnist5k is shared by the module (resume equivalence,
-results, plots). Every method runs one step on mnist5k and on TFDS mock data; the mock
-"mnist" runs reuse the compiled steps of the mnist5k runs (same shapes and StepConfig), so
-only fast_aa / dada (no MNIST policy in the original) need a 32x32x3 mock set.
+Every run is TINY: 2 epochs of 2 inner steps, a hyper pass of 2 steps in epoch 2 (the
+schedule: none in epoch 1). One finished autodo_aws run on mnist5k is shared by the module
+(resume equivalence, results, plots). Every method runs on mnist5k and on TFDS mock data;
+the mock "mnist" runs reuse the compiled steps of the mnist5k runs (same shapes and
+StepConfig), so only fast_aa / dada (no MNIST policy in the original) need a 32x32x3 mock.
+Compilation dominates, hence the module-wide jax_disable_most_optimizations.
 """
 import json
 import os
@@ -15,13 +17,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import artifacts, config as cfg_lib, results, trainer, visualize
+from experiments import artifacts, config as cfg_lib, results, run_setup, trainer, visualize
 from experiments.metric_writer import read_metrics
 
 TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
             hyper_start_epoch=1, max_steps_per_epoch=2, eval_limit=64, subsample_ratio=0.2,
             warmup_epochs=1.0, checkpoint_every=1)
-ONE_STEP = dict(TINY, epochs=1, hyper_start_epoch=0, max_steps_per_epoch=1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -113,8 +114,8 @@ def test_workdir_of_another_config_is_refused(finished):
 
 @pytest.mark.parametrize("method", ["none", "crop_flip", "randaugment", "autodo_sha", "autodo_a",
                                     "autodo_aw", "val_only", "train_plus_val"])
-def test_one_step_every_method_mnist5k(method, tmp_path):
-    s = _run(tmp_path, **ONE_STEP, method=method)
+def test_every_method_mnist5k(method, tmp_path):
+    s = _run(tmp_path, **TINY, method=method)
     assert 0.0 <= s["test_accuracy_final"] <= 1.0
     assert (s["test_accuracy_val_selected"] is None) == (method in ("val_only", "train_plus_val"))
     assert (s["hyper_images"] > 0) == method.startswith("autodo")
@@ -125,11 +126,15 @@ def test_one_step_every_method_mnist5k(method, tmp_path):
     ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada"})),
     ("cifar10", ["fast_aa", "dada"]),
 ])
-def test_one_step_every_method_tfds_mock(dataset, methods, tmp_path):
-    with tfds.testing.mock_data(num_examples=200):
+def test_every_method_tfds_mock(dataset, methods, tmp_path):
+    # As many train rows as the tiny mnist5k runs, so that the mock "mnist" runs reuse
+    # their compiled steps (same shapes, same StepConfig).
+    rows = run_setup.load_data(cfg_lib.Config(**TINY)).split.num_train
+    with tfds.testing.mock_data(num_examples=rows + 40):
         for method in methods:
-            s = _run(tmp_path / method, **dict(ONE_STEP, subsample_ratio=1.0, val_size=40,
+            s = _run(tmp_path / method, **dict(TINY, subsample_ratio=1.0, val_size=40,
                                                imbalance_ratio=1.0), dataset=dataset, method=method)
+            assert s["num_train"] == rows or method in ("val_only", "train_plus_val")
             assert 0.0 <= s["test_accuracy_final"] <= 1.0, method
 
 

@@ -108,7 +108,8 @@ def test_soft_label_stats():
 def test_checkpoint_roundtrip_sharded_and_corrupt_fallback(tmp_path):
     mesh = jax.make_mesh((8,), ("data",))
     state = {"rows": jax.device_put(jnp.arange(16.0).reshape(16, 1), NamedSharding(mesh, P("data"))),
-             "w": jnp.ones(3), "rng": jax.random.key(3), "step": jnp.int32(4)}
+             "w": jnp.ones(3), "rng": jax.random.key(3), "step": jnp.int32(4),
+             "empty": jnp.zeros((0,), jnp.int32)}
     ck = Checkpointer(str(tmp_path / "ckpt"), log=lambda m: msgs.append(m))
     msgs = []
     ck.save(4, state, {"epoch": 1})
@@ -118,6 +119,7 @@ def test_checkpoint_roundtrip_sharded_and_corrupt_fallback(tmp_path):
     assert (step, meta) == (8, {"epoch": 2})
     np.testing.assert_array_equal(restored["w"], 2 * np.ones(3))
     assert restored["rows"].sharding.spec == P("data")
+    assert restored["empty"].shape == (0,) and restored["empty"].dtype == jnp.int32
     assert jax.random.key_data(restored["rng"]).tolist() == jax.random.key_data(state["rng"]).tolist()
     for f in glob.glob(str(tmp_path / "ckpt" / "8" / "**"), recursive=True):
         if os.path.isfile(f):
