@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autodo_jax.implicit import MODES, cg, hypergrad, identity, neumann, nystrom
-from autodo_jax._src.implicit import curvature as curv
+from autodo_jax.implicit import CURVATURES, MODES, cg, hypergrad, identity, neumann, nystrom
 
 NUM_CLASSES = 10
 
@@ -167,13 +166,14 @@ def main():
                         "nystrom20": nystrom(20, 1e-3, jax.random.key(1))})
     for name, solver in solvers.items():
         cases[f"solver/{name}"] = (hyper(solver=solver), hargs)
-    for curvature in curv.CURVATURES:
+    for curvature in CURVATURES:
         cases[f"curvature/{curvature}+cg5"] = (hyper(solver=cg(5), curvature=curvature), hargs)
     cases["hypergrad_default"] = (hyper(solver=neumann(5, 0.01)), hargs)
     rows = time_all(cases, repeats)
     ratio = rows["hypergrad_default"]["ms_median"] / rows["inner_train_step"]["ms_median"]
     ratio_min = rows["hypergrad_default"]["ms_min"] / rows["inner_train_step"]["ms_min"]
-    print(json.dumps({"hyper_over_inner": round(ratio, 3), "hyper_over_inner_min": round(ratio_min, 3),
+    print(json.dumps({"hyper_over_inner": round(ratio, 3),
+                      "hyper_over_inner_min": round(ratio_min, 3),
                       "batch": b, "device": jax.devices()[0].device_kind}), flush=True)
 
 

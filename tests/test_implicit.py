@@ -38,7 +38,8 @@ def _ridge_data(seed=0, n=40, d=6, m=25):
 
 def ridge_train_loss(theta, hp, batch):
     x, y = batch
-    return 0.5 * jnp.sum(hp["w"] * (x @ theta - y) ** 2) + 0.5 * jnp.exp(hp["log_l2"]) * theta @ theta
+    l2 = 0.5 * jnp.exp(hp["log_l2"]) * theta @ theta
+    return 0.5 * jnp.sum(hp["w"] * (x @ theta - y) ** 2) + l2
 
 
 def ridge_outputs(theta, hp, batch):
@@ -161,7 +162,8 @@ def test_logistic_finite_differences_of_outer_objective(logistic):
         rng = np.random.default_rng(7)
         eps = 1e-4
         for _ in range(3):
-            d = {"w": jnp.asarray(rng.normal(size=hp["w"].shape)), "log_l2": jnp.asarray(rng.normal())}
+            d = {"w": jnp.asarray(rng.normal(size=hp["w"].shape)),
+                 "log_l2": jnp.asarray(rng.normal())}
             step = lambda s: jax.tree_util.tree_map(lambda a, b: a + s * eps * b, hp, d)
             fd = (outer(step(1.0)) - outer(step(-1.0))) / (2 * eps)
             analytic = sum(jnp.vdot(grads[k], d[k]) for k in d)
@@ -174,7 +176,8 @@ def _head_problem(seed=3, b=32, dim=7, c=5):
     feats = jnp.asarray(rng.normal(size=(b, dim)))
     labels = jnp.asarray(rng.integers(0, c, size=b))
     head = {"kernel": jnp.asarray(0.3 * rng.normal(size=(dim, c))), "bias": jnp.zeros(c)}
-    hp = {"w": jnp.asarray(rng.uniform(0.5, 1.5, size=b)), "soft": jnp.asarray(rng.normal(size=(b, c)))}
+    hp = {"w": jnp.asarray(rng.uniform(0.5, 1.5, size=b)),
+          "soft": jnp.asarray(rng.normal(size=(b, c)))}
     return head, hp, (feats, labels), (feats[::2] + 0.1, labels[::2])
 
 
@@ -245,7 +248,8 @@ def test_empirical_fisher_matches_dense_outer_products():
             u = jnp.linalg.solve(fisher + damping * jnp.eye(v.size), v)
             loss = lambda th, lam: head_train_loss(th, lam, tb)
             ref = curv.train_derivatives(loss, head, hp, "joint")[2](unravel(u))
-            out = hypergrad(head_train_loss, head_val_loss, head, hp, tb, vb, solver=cg(60, damping),
+            out = hypergrad(head_train_loss, head_val_loss, head, hp, tb, vb,
+                            solver=cg(60, damping),
                             curvature="empirical_fisher", per_example_loss=head_per_example)
             return jax.tree_util.tree_map(jnp.negative, ref), out
 
@@ -283,7 +287,8 @@ def test_info_divergence_gap_and_scales():
         series = sum(np.linalg.matrix_power(step, j) @ np.asarray(v) for j in range(6))
         gap = np.linalg.norm(series - 6 * np.asarray(v)) / np.linalg.norm(series)
         assert abs(float(info.neumann_gap) - gap) < 1e-10 and 0 < gap < 0.05
-        assert np.isnan(float(info_id.neumann_gap)) and abs(float(info_id.solution_cosine) - 1) < 1e-12
+        assert np.isnan(float(info_id.neumann_gap))
+        assert abs(float(info_id.solution_cosine) - 1) < 1e-12
 
 
 # ---------------------------------------------------------------- cost structure (no timing)
