@@ -185,6 +185,7 @@ def sample_ops(key: jax.Array, p_logits: jax.Array, m_logits: jax.Array, *,
     """
     p_logits = _check_logits("p_logits", p_logits)
     m_logits = _check_logits("m_logits", m_logits)
+    _op_mask(ops)  # validate names before drawing noise
     b = num_samples if num_samples is not None else max(p_logits.shape[0], m_logits.shape[0])
     gumbel, eps = sample_noise(key, b, _float_dtype(p_logits, m_logits))
     return op_values(p_logits, m_logits, gumbel, eps, ops=ops)
@@ -420,6 +421,7 @@ def augment(key: jax.Array, images: jax.Array, params: Mapping[str, jax.Array], 
     if not isinstance(shared, bool):
         raise TypeError(f"shared must be a bool; got {shared!r}.")
     _check_upsample(upsample)
+    _op_mask(ops)
     b = images.shape[0]
     rows = 1 if shared else b
     for name in ("aug_p", "aug_m"):
