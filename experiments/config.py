@@ -48,7 +48,6 @@ CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 ABLATIONS = ("none", "overfit", "oversplit")
 TRISTATE = ("auto", "true", "false")
 DTYPES = ("float32", "bfloat16")
-HYPER_OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 def learns(method: str, field: str) -> bool:
@@ -100,8 +99,7 @@ class Config:
     hyper_batch_size: int = _f(256, "Global hyper batch size (train and validation batch).")
     hyper_steps_per_epoch: int = _f(
         0, "Hyper steps per hyper epoch (0 = one pass over the train rows at the hyper batch).")
-    hyper_lr: float = _f(0.05, "Peak learning rate of the table optimizer (warm-up + cosine).")
-    hyper_optimizer: str = _f("rmsprop", "Row optimizer of the tables.", choices=HYPER_OPTIMIZERS)
+    hyper_lr: float = _f(0.05, "Peak learning rate of the tables' row RMSprop (warm-up + cosine).")
     solver: str = _f("neumann", "Inverse-curvature solver.", choices=SOLVERS)
     solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank).")
     neumann_alpha: float = _f(0.01, "Neumann step alpha.")

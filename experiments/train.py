@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import config as cfg_lib
 
@@ -64,6 +64,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         sys.stderr.write(f"error: unexpected arguments {list(argv[1:])}; use --flag=value\n")
         sys.exit(2)
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the progress
     config = config_from_flags()
     errors = cfg_lib.static_errors(config)
     if errors:

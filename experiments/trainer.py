@@ -97,8 +97,9 @@ class Trainer:
     """One run: state, loaders, writers and the epoch loop (used by train_and_evaluate)."""
 
     def __init__(self, config: cfg_lib.Config, workdir: str, data: run_setup.Data, mesh,
-                 pipes: Pipes, steps: Any, log: Callable[[str], None]):
+                 pipes: Pipes, steps: Any, log: Callable[[str], None], t_start: float | None = None):
         self.c, self.workdir, self.data, self.steps, self.log = config, workdir, data, steps, log
+        self.t_start = time.time() if t_start is None else t_start
         self.mesh, self.pipes = mesh, pipes
         self.is_main = jax.process_index() == 0
         self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), log=log)
@@ -200,7 +201,7 @@ class Trainer:
                               resume_step=counters["step"], enabled=self.is_main)
         if not restored:
             writer.write_text("config", "```\n" + json.dumps(c.to_dict(), indent=1) + "\n```")
-        t0 = time.time()
+        t0 = self.t_start  # wall time counts setup and compilation too
         wall0 = counters["wall_time_s"]
         counters["start_images"] = counters["train_images"] + counters["hyper_images"]
         stop = c.stop_after_epoch or c.epochs
@@ -289,6 +290,7 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     Raises:
       ConfigError: settings that cannot run (nothing has been written then).
     """
+    t_start = time.time()
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
     data = run_setup.prepare(config, workdir)
     run_setup.write_run_files(config, workdir, data)
@@ -296,7 +298,7 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     pipes = build_pipes(config, data, mesh.size)
     steps = build_steps(config, data, mesh, pipes.steps_per_epoch, pipes.hyper_steps_per_epoch,
                         derive_seed(config.seed, 7))
-    return Trainer(config, workdir, data, mesh, pipes, steps, log).run()
+    return Trainer(config, workdir, data, mesh, pipes, steps, log, t_start).run()
 
 
 def print_summary(summary: dict[str, Any]) -> None:
