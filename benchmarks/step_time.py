@@ -1,0 +1,165 @@
+"""Images/s of the inner step and of the hyper step at equal batch, plus compile times.
+
+Usage::
+
+    python -m benchmarks.step_time [--quick] [--dtype bfloat16] [--cases mnist_resnet:32:4,...]
+
+Setup of the original's per-example run: learned augmentation per example (warp upsample 4
+as the original on 28x28/32x32, and 1), loss weights and (symmetric) soft labels, N =
+50,000 table rows, Hessian curvature with Neumann J = 5, α = 0.01, row RMSprop; SGD
+Nesterov with weight decay on the model. Random data of the right shapes, 10 classes,
+batch ids drawn at random from the N rows, a validation batch of the same size.
+
+Each case prints one JSON line per phase: ``{"model", "phase", "batch", "upsample",
+"dtype", "img_per_s", "ms_median", "cpu_ms_median", "compile_s"}`` with phase "inner" (AutoDO inner step),
+"hyper" (one hyper step; img/s counts the train batch) or "plain" (the same model's inner
+step without augmentation or table: the floor of a Flax training step), then one line
+``{"model", "batch", "upsample", "hyper_over_inner_per_image"}`` (wall-time ratio; also
+``..._cpu``, the ratio of process CPU time, steadier on a shared machine); the last line is
+``{"hyper_over_inner_per_image_max": ...}`` (target <= 0.9). Inner and hyper steps are
+timed in interleaved rounds so that load drift on a shared machine hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from autodo_jax import train
+
+N_ROWS = 50_000
+CLASSES = 10
+SHAPES = {"mnist_resnet": (28, 28, 1), "wrn28_2": (32, 32, 3), "wrn28_10": (32, 32, 3),
+          "small_cnn": (28, 28, 1), "lenet": (28, 28, 1), "resnet18": (224, 224, 3)}
+FULL_CASES = ("mnist_resnet:32:4", "mnist_resnet:32:1", "mnist_resnet:256:4",
+              "wrn28_2:64:4", "wrn28_2:64:1")
+QUICK_CASES = ("mnist_resnet:32:4", "mnist_resnet:32:1", "wrn28_2:64:4")
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases and steps")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated model:batch:upsample (default: all of a mode)")
+    parser.add_argument("--dtype", default="float32", choices=train.COMPUTE_DTYPES,
+                        help="encoder compute dtype")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-step floor")
+    args = parser.parse_args(argv)
+    cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
+    args.cases = []
+    for case in cases:
+        try:
+            model, batch, upsample = case.split(":")
+            args.cases.append((model, int(batch), int(upsample)))
+        except ValueError:
+            parser.error(f"--cases: expected model:batch:upsample, got {case!r}")
+        if model not in SHAPES:
+            parser.error(f"--cases: model must be one of {sorted(SHAPES)}, got {model!r}")
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.steps = args.steps or (3 if args.quick else 5)
+    return args
+
+
+def _config(model: str, upsample: int, dtype: str, learn: bool) -> train.StepConfig:
+    return train.StepConfig(
+        model=model, num_classes=CLASSES, compute_dtype=dtype, learn_aug=learn,
+        learn_weight=learn, learn_soft=learn, symmetric_kl=learn, upsample=upsample,
+        lr=0.05, warmup_steps=5, total_steps=10_000, hyper_warmup_steps=5,
+        hyper_total_steps=10_000, solver="neumann", solver_iters=5, neumann_alpha=0.01,
+        curvature="hessian")
+
+
+def _batches(rng: np.random.Generator, shape, batch: int, count: int):
+    out = []
+    for _ in range(count):
+        ids = np.sort(rng.choice(N_ROWS, batch, replace=False)).astype(np.int32)
+        out.append({"images": rng.normal(size=(batch,) + shape).astype(np.float32),
+                    "labels": rng.integers(0, CLASSES, batch).astype(np.int32), "ids": ids})
+    return jax.device_put(out)
+
+
+def _compile(fn, *args):
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _timed(call, state, batches, steps):
+    """Runs ``steps`` steps; returns (state, [(wall s, process CPU s) per step])."""
+    times = []
+    for i in range(steps):
+        start, cpu = time.perf_counter(), time.process_time()
+        state, metrics = call(state, batches[i % len(batches)])
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+    return state, times
+
+
+def _line(model, phase, batch, upsample, dtype, times, compile_s) -> dict:
+    ms = 1e3 * statistics.median(t[0] for t in times)
+    cpu_ms = 1e3 * statistics.median(t[1] for t in times)
+    return {"model": model, "phase": phase, "batch": batch, "upsample": upsample,
+            "dtype": dtype, "img_per_s": round(batch / ms * 1e3, 1), "ms_median": round(ms, 2),
+            "cpu_ms_median": round(cpu_ms, 2), "compile_s": round(compile_s, 1)}
+
+
+def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
+    """Benchmarks one (model, batch, upsample) case; returns its JSON records."""
+    shape = SHAPES[model]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, N_ROWS).astype(np.int32)
+    cfg = _config(model, upsample, args.dtype, learn=True)
+    table = train.autodo_table_init(labels, CLASSES, aug=True, weight=True, soft=True)
+    state = train.create_train_state(jax.random.key(0), cfg, table, shape)
+    batches = _batches(rng, shape, batch, 4)
+    val = _batches(rng, shape, batch, 1)[0]
+    inner, inner_compile = _compile(train.inner_step, state, batches[0], cfg)
+    hyper, hyper_compile = _compile(train.hyper_step, state, batches[0], val, cfg)
+    phases = {"inner": (lambda s, b: inner(s, b)), "hyper": (lambda s, b: hyper(s, b, val))}
+    compile_s = {"inner": inner_compile, "hyper": hyper_compile}
+    plain_state = None
+    if not args.no_plain:
+        plain_cfg = _config(model, upsample, args.dtype, learn=False)
+        plain_state = train.create_train_state(jax.random.key(0), plain_cfg, {}, shape)
+        plain, compile_s["plain"] = _compile(train.inner_step, plain_state, batches[0],
+                                             plain_cfg)
+        phases["plain"] = lambda s, b: plain(s, b)
+    states = {"inner": state, "hyper": state, "plain": plain_state}
+    times = {phase: [] for phase in phases}
+    for _ in range(args.rounds + 1):  # round 0 warms up (first calls, allocations)
+        for phase, call in phases.items():
+            key = "inner" if phase == "hyper" else phase  # inner and hyper share a state
+            states[key], t = _timed(call, states[key], batches, args.steps)
+            times[phase].append(t)
+    records = [_line(model, phase, batch, upsample, args.dtype,
+                     [x for r in times[phase][1:] for x in r], compile_s[phase])
+               for phase in phases]
+    by_phase = {r["phase"]: r for r in records}
+    ratio = {key: round(by_phase["hyper"][key] / by_phase["inner"][key], 3)
+             for key in ("ms_median", "cpu_ms_median")}
+    records.append({"model": model, "batch": batch, "upsample": upsample,
+                    "hyper_over_inner_per_image": ratio["ms_median"],
+                    "hyper_over_inner_per_image_cpu": ratio["cpu_ms_median"]})
+    return records
+
+
+def main(argv=None) -> None:
+    args = _parse(argv)
+    ratios = []
+    for model, batch, upsample in args.cases:
+        for record in run_case(model, batch, upsample, args):
+            print(json.dumps(record), flush=True)
+            if "hyper_over_inner_per_image" in record:
+                ratios.append(record["hyper_over_inner_per_image"])
+    print(json.dumps({"hyper_over_inner_per_image_max": max(ratios),
+                      "devices": jax.device_count(), "backend": jax.default_backend()}))
+
+
+if __name__ == "__main__":
+    main()
