@@ -48,9 +48,9 @@ def test_table_hypergrads_equal_direct_hypergradient():
     np.testing.assert_allclose(info.grad_divergence, direct_info.grad_divergence, rtol=1e-4)
 
 
-def test_curvatures_and_solvers_through_step_config():
+def test_gauss_newton_equals_hessian_for_the_linear_head():
     """The head is linear in θ, so its Gauss-Newton matrix equals the Hessian: both
-    curvatures give the same hypergradients; the empirical Fisher differs."""
+    curvatures, selected through StepConfig, give the same hypergradients."""
     images, labels = data()
     ws = dataclasses.replace(FULL, learn_aug=False)  # weights + soft labels, no warp
     state = make_state(ws, labels)
@@ -61,7 +61,6 @@ def test_curvatures_and_solvers_through_step_config():
     for name, cfg in {
         "hessian": ws,
         "gauss_newton": dataclasses.replace(ws, curvature="gauss_newton"),
-        "empirical_fisher": dataclasses.replace(ws, curvature="empirical_fisher"),
     }.items():
         _, grads, info, _ = run(state, tb, vb, cfg=cfg)
         assert bool(info.finite), name
@@ -69,6 +68,6 @@ def test_curvatures_and_solvers_through_step_config():
         out[name] = grads
     for k in ("weight", "soft"):
         scale = float(jnp.max(jnp.abs(out["hessian"][k])))
+        assert scale > 0, k
         np.testing.assert_allclose(out["gauss_newton"][k], out["hessian"][k],
                                    atol=1e-4 * scale, err_msg=k)
-        assert float(jnp.max(jnp.abs(out["empirical_fisher"][k] - out["hessian"][k]))) > 0
