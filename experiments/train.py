@@ -19,6 +19,7 @@ what is allowed, the exit code is 2, and nothing is written.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -60,6 +61,25 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(2)
 
 
+#: glibc malloc settings for this process: XLA on CPU allocates each step's temporaries as
+#: one large block; above glibc's mmap threshold every step maps and unmaps it again
+#: (measured: ~8,700 minor page faults and ~35 ms of system time per small_cnn inner step,
+#: 0.6k and 2.5 ms with these settings). Opt out with AUTODO_NO_MALLOC_TUNING=1.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def _reexec_with_malloc_tuning() -> None:
+    """Restarts this command once with MALLOC_ENV set (glibc reads it only at start-up)."""
+    if os.environ.get("AUTODO_NO_MALLOC_TUNING") or all(k in os.environ for k in MALLOC_ENV):
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "experiments.train", *sys.argv[1:]], env)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         sys.stderr.write(f"error: unexpected arguments {list(argv[1:])}; use --flag=value\n")
@@ -71,6 +91,7 @@ def main(argv: Sequence[str]) -> None:
     if errors:
         sys.stderr.write("".join(f"error: {e}\n" for e in errors))
         sys.exit(2)
+    _reexec_with_malloc_tuning()  # after the flag checks, before JAX starts
     # Imported here so that flag errors are reported before JAX starts.
     from autodo_jax import parallel
     from experiments.trainer import ConfigError, print_summary, train_and_evaluate
