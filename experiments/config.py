@@ -47,7 +47,7 @@ SOLVERS = ("neumann", "identity", "cg", "nystrom")
 CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 ABLATIONS = ("none", "overfit", "oversplit")
 TRISTATE = ("auto", "true", "false")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def learns(method: str, field: str) -> bool:
