@@ -23,7 +23,8 @@ SUMMARY_FILE = "summary.json"
 TABLE_FILE = "final_table.npz"
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Calls ``write(binary_file)`` on a temporary file beside `path`, then renames it over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
@@ -40,7 +41,7 @@ def _atomic_write(path: str, write) -> None:
 def write_json(path: str, obj: Any) -> None:
     """Writes `obj` as indented JSON, atomically (temp file + rename)."""
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def read_json(path: str) -> Any:
@@ -53,7 +54,7 @@ def save_final_table(workdir: str, fields: Mapping[str, np.ndarray], **labels: A
     arrays = {k: np.asarray(v) for k, v in fields.items()}
     arrays.update({k: np.asarray(v) for k, v in labels.items()})
     path = os.path.join(workdir, TABLE_FILE)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from experiments.artifacts import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -67,11 +69,8 @@ class MetricWriter:
         keep = []
         if resume_epoch is not None:
             keep = [r for r in read_metrics(workdir) if r.get("epoch", 0) <= resume_epoch]
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as f:
-            for rec in keep:
-                f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, self._path)
+        data = "".join(json.dumps(rec) + "\n" for rec in keep).encode()
+        atomic_write(self._path, lambda f: f.write(data))
         from tensorboardX import SummaryWriter  # local: keeps import of this module light
         purge = resume_step if resume_epoch is not None else None
         self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), purge_step=purge)

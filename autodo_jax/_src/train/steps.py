@@ -15,6 +15,7 @@ from autodo_jax import augment, implicit, losses, tables
 from autodo_jax._src.train.config import (StepConfig, hyper_lr_schedule, inner_optimizer,
                                           lr_schedule, make_solver, model_from_config,
                                           table_optimizer)
+from autodo_jax._src.implicit.tree import all_finite
 from autodo_jax._src.train.state import TrainState
 from autodo_jax.models import encode, head_apply
 
@@ -69,11 +70,6 @@ def _train_loss(logits, labels, rows, cfg) -> jax.Array:
 
 def _global_norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
@@ -235,7 +231,7 @@ def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: Ste
     """
     rows, row_grads, info, values = table_hypergrads(state, train_batch, val_batch, cfg,
                                                      mesh)
-    finite = info.finite & _all_finite(row_grads)
+    finite = info.finite & all_finite(row_grads)
     optimizer = table_optimizer(cfg)
 
     def update(operands):
