@@ -1,10 +1,13 @@
 """Mean ± std tables over finished runs, in the paper's layout.
 
 Reads every run directory (one holding ``summary.json`` and ``config.json``) found under
-the given paths, groups runs by (dataset, model), and prints for each group a table with
-one row per method and one column per "IR-NR" setting; a cell is the mean ± sample std
-over seeds (and the number of runs). By default the cell is the top-1 test *error* in %
-like the paper; ``--accuracy`` prints accuracy instead.
+the given paths and groups runs by every setting that changes results
+(``experiments.config.result_key``): one table per (dataset, model, other settings), one
+row per method, one column per exact "IR-NR" (e.g. ``10-0.05``); only the seed varies
+inside a cell, whose value is the mean ± sample std over seeds (and the number of runs).
+Settings missing from an older ``config.json`` take today's default. A table's title lists
+the settings that differ from the defaults. By default the cell is the top-1 test *error*
+in % like the paper; ``--accuracy`` prints accuracy instead.
 
   python -m experiments.results workdirs/ --metric=final --csv=results.csv
 
@@ -24,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from absl import app, flags
 
+from experiments import config as cfg_lib
 from experiments.config import METHODS
 
 METRIC_KEYS = {
@@ -62,10 +66,37 @@ def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
     return runs
 
 
+#: Result fields that place a run inside a table (row, column, averaged over) rather than
+#: selecting the table.
+_CELL_FIELDS = ("dataset", "model", "method", "imbalance_ratio", "noise_ratio", "seed")
+
+
 def _setting(config: dict[str, Any]) -> str:
-    def num(x):
-        return str(int(x)) if float(x).is_integer() else f"{float(x):g}"
-    return f"{num(config['imbalance_ratio'])}-{float(config['noise_ratio']):.1f}"
+    """The exact column name "IR-NR" (shortest round-trip repr: 0.05 stays 0.05)."""
+    ir = float(config["imbalance_ratio"])
+    return f"{int(ir) if ir.is_integer() else repr(ir)}-{float(config['noise_ratio'])!r}"
+
+
+def _column_order(column: str) -> tuple[float, float]:
+    ir, nr = column.split("-", 1)
+    return float(nr), float(ir)
+
+
+def group_settings(config: dict[str, Any]) -> tuple[str, ...]:
+    """The result-changing settings of a run other than dataset, model, method, IR, NR and
+    seed that differ from the defaults, as sorted ``"name=value"`` strings. Runs with equal
+    (dataset, model, group_settings) share a table; a missing field takes its default, an
+    unknown one (from another version) counts as a setting."""
+    defaults = cfg_lib.result_key(cfg_lib.Config())
+    saved = {k: v for k, v in config.items() if k not in cfg_lib.NON_RESULT_FIELDS}
+    out = []
+    for name in sorted(set(defaults) | set(saved)):
+        if name in _CELL_FIELDS:
+            continue
+        value = saved.get(name, defaults.get(name))
+        if name not in defaults or value != defaults[name]:
+            out.append(f"{name}={value}")
+    return tuple(out)
 
 
 def _cell_value(summary: dict[str, Any], metric: str, accuracy: bool) -> float | None:
@@ -83,24 +114,24 @@ def build_tables(runs: Sequence[dict[str, Any]], metric: str = "final",
     """Groups runs into tables.
 
     Returns:
-      {(dataset, model): {"columns": [IR-NR...], "rows": [(method, {column: values})]}}
-      where values is the list of per-run numbers of that cell.
+      {(dataset, model, settings): {"columns": [IR-NR...], "rows": [(method, {column:
+      values})]}} where settings is ``group_settings(config)`` (``()`` for the defaults)
+      and values is the list of per-run numbers (one per seed) of that cell.
     """
     if metric not in METRIC_KEYS:
         raise ValueError(f"metric must be one of {sorted(METRIC_KEYS)}, got {metric!r}")
-    groups: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
+    groups: dict[tuple[str, str, tuple[str, ...]], dict[str, dict[str, list[float]]]] = {}
     for run in runs:
         cfg = run["config"]
         v = _cell_value(run["summary"], metric, accuracy)
         if v is None:
             continue
-        cells = groups.setdefault((cfg["dataset"], cfg["model"]), {})
+        cells = groups.setdefault((cfg["dataset"], cfg["model"], group_settings(cfg)), {})
         cells.setdefault(cfg["method"], {}).setdefault(_setting(cfg), []).append(v)
     order = {m: i for i, m in enumerate(METHODS)}
     out = {}
     for key, cells in sorted(groups.items()):
-        columns = sorted({c for row in cells.values() for c in row},
-                         key=lambda s: (float(s.split("-")[1]), float(s.split("-")[0])))
+        columns = sorted({c for row in cells.values() for c in row}, key=_column_order)
         rows = sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order)))
         out[key] = {"columns": columns, "rows": rows}
     return out
@@ -120,8 +151,9 @@ def to_markdown(tables, metric: str, accuracy: bool) -> str:
     what = (("accuracy %" if accuracy else "error %") if metric in ACCURACY_METRICS else metric)
     digits = 1 if metric in ACCURACY_METRICS else 3
     lines = []
-    for (dataset, model), t in tables.items():
-        lines.append(f"### {dataset}, {model}: top-1 test {what} ({metric}); "
+    for (dataset, model, settings), t in tables.items():
+        where = f" ({', '.join(settings)})" if settings else ""
+        lines.append(f"### {dataset}, {model}{where}: top-1 test {what} ({metric}); "
                      "columns IR-NR; mean ± std (runs)")
         lines.append("| method | " + " | ".join(t["columns"]) + " |")
         lines.append("|---|" + "---|" * len(t["columns"]))
@@ -136,15 +168,17 @@ def to_markdown(tables, metric: str, accuracy: bool) -> str:
 def to_csv(tables, metric: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["dataset", "model", "metric", "method", "setting", "mean", "std", "runs"])
-    for (dataset, model), t in tables.items():
+    w.writerow(["dataset", "model", "settings", "metric", "method", "setting", "mean", "std",
+                "runs"])
+    for (dataset, model, settings), t in tables.items():
         for method, cells in t["rows"]:
             for c in t["columns"]:
                 vals = cells.get(c)
                 if not vals:
                     continue
                 std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-                w.writerow([dataset, model, metric, method, c, f"{np.mean(vals):.4f}",
+                w.writerow([dataset, model, ";".join(settings), metric, method, c,
+                            f"{np.mean(vals):.4f}",
                             f"{std:.4f}", len(vals)])
     return buf.getvalue()
 

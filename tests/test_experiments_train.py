@@ -170,7 +170,9 @@ def test_data_dependent_errors_exit_2(tmp_path):
 def test_results_and_visualize_on_finished_workdir(finished, tmp_path):
     wd, summary = finished
     tables = results.build_tables(results.find_runs([str(wd)]), "final")
-    t = tables[("mnist5k", "small_cnn")]
+    (key,) = tables
+    assert key[:2] == ("mnist5k", "small_cnn") and "epochs=2" in key[2]
+    t = tables[key]
     assert t["columns"] == ["10-0.2"]
     ((method, cells),) = t["rows"]
     assert method == "autodo_aws"

@@ -147,8 +147,8 @@ def test_metric_writer_resume_drops_redone_epochs(tmp_path):
 
 # ------------------------------------------------------------------ results and plots
 
-def _fake_run(root, method, ir, nr, seed, acc):
-    c = cfg_lib.Config(method=method, imbalance_ratio=ir, noise_ratio=nr, seed=seed)
+def _fake_run(root, method, ir, nr, seed, acc, **other):
+    c = cfg_lib.Config(method=method, imbalance_ratio=ir, noise_ratio=nr, seed=seed, **other)
     d = os.path.join(root, cfg_lib.default_workdir(c))
     artifacts.write_json(os.path.join(d, "config.json"), c.to_dict())
     artifacts.write_json(os.path.join(d, "summary.json"), {
@@ -165,14 +165,38 @@ def test_results_tables(tmp_path):
     runs = results.find_runs([str(tmp_path)])
     assert len(runs) == 5
     tables = results.build_tables(runs, "final")
-    t = tables[("mnist5k", "small_cnn")]
+    t = tables[("mnist5k", "small_cnn", ())]
     assert t["columns"] == ["1-0.0", "10-0.2"]
     assert [m for m, _ in t["rows"]] == ["none", "autodo_aws"]
     md = results.to_markdown(tables, "final", False)
     assert "| Baseline | – | 19.0 ± 1.4 (2) |" in md
     assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) |" in md
     csv_text = results.to_csv(tables, "final")
-    assert "mnist5k,small_cnn,final,none,10-0.2,19.0000,1.4142,2" in csv_text
+    assert "mnist5k,small_cnn,,final,none,10-0.2,19.0000,1.4142,2" in csv_text
+
+
+def test_results_group_by_every_result_changing_setting(tmp_path):
+    _fake_run(tmp_path, "none", 10, 0.05, 0, 0.9)
+    _fake_run(tmp_path, "none", 10, 0.1, 0, 0.8)
+    _fake_run(tmp_path, "none", 10, 0.1, 0, 0.7, epochs=30)
+    _fake_run(tmp_path, "none", 10, 0.1, 1, 0.6, epochs=30, solver="cg")
+    d = _fake_run(tmp_path, "none", 10, 0.1, 2, 0.5, checkpoint_every=2)  # not result-changing
+    old = artifacts.read_json(os.path.join(d, "config.json"))
+    del old["solver"]  # a config.json of an older version: missing fields take the default
+    artifacts.write_json(os.path.join(d, "config.json"), old)
+    tables = results.build_tables(results.find_runs([str(tmp_path)]), "final", accuracy=True)
+    assert sorted(tables) == [("mnist5k", "small_cnn", ()),
+                              ("mnist5k", "small_cnn", ("epochs=30",)),
+                              ("mnist5k", "small_cnn", ("epochs=30", "solver=cg"))]
+    t = tables[("mnist5k", "small_cnn", ())]
+    assert t["columns"] == ["10-0.05", "10-0.1"]
+    ((_, cells),) = t["rows"]
+    assert cells["10-0.05"] == [pytest.approx(90.0)]
+    assert cells["10-0.1"] == [pytest.approx(80.0), pytest.approx(50.0)]
+    assert tables[("mnist5k", "small_cnn", ("epochs=30",))]["rows"][0][1] == {
+        "10-0.1": [pytest.approx(70.0)]}
+    md = results.to_markdown(tables, "final", True)
+    assert "### mnist5k, small_cnn (epochs=30, solver=cg): top-1 test accuracy %" in md
 
 
 def test_visualize_on_synthetic_workdir(tmp_path):
