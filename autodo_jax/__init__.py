@@ -25,7 +25,7 @@ from autodo_jax.parallel import (ShardLocalSampler, data_sharding, global_batch,
                                  replicated_sharding, restore_tables, save_tables,
                                  shard_table)
 from autodo_jax.tables import (RowOptState, RowOptimizer, apply_rows, gather, init_table,
-                               row_adam, row_rmsprop, row_sgd)
+                               row_adam, row_rmsprop, row_rmsprop_local, row_sgd)
 from autodo_jax.train import (StepConfig, TrainState, autodo_table_init, check_finite,
                               create_train_state, eval_step, hyper_step, inner_step)
 
@@ -37,7 +37,7 @@ __all__ = [
     # implicit
     "hypergrad", "HypergradInfo", "SolverInfo", "identity", "neumann", "cg", "nystrom",
     # tables and parallel
-    "init_table", "gather", "apply_rows", "row_rmsprop", "row_adam", "row_sgd",
+    "init_table", "gather", "apply_rows", "row_rmsprop", "row_rmsprop_local", "row_adam", "row_sgd",
     "RowOptState", "RowOptimizer", "make_mesh", "maybe_initialize_distributed",
     "data_sharding", "replicated_sharding", "padded_num_rows", "shard_table",
     "ShardLocalSampler", "global_batch", "save_tables", "restore_tables",

@@ -27,7 +27,8 @@ device-d slice holds only rows of shard d (``parallel.ShardLocalSampler``). Gath
 update then run per device under ``jax.shard_map``; the only collective is the psum of the
 shared leaves' gradients (one row each), never a table-sized one.
 
-Row optimizers (:func:`row_sgd`, :func:`row_rmsprop`, :func:`row_adam`) and their state
+Row optimizers (:func:`row_sgd`, :func:`row_rmsprop` (global time, the original's),
+:func:`row_rmsprop_local` (row-local time, scale-free), :func:`row_adam`) and their state
 :class:`RowOptState` live in ``autodo_jax._src.row_optimizers`` and are re-exported here.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from autodo_jax._src.row_optimizers import (
     num_table_rows,
     row_adam,
     row_rmsprop,
+    row_rmsprop_local,
     row_sgd,
 )
 
@@ -61,6 +63,7 @@ __all__ = [
     "num_table_rows",
     "row_adam",
     "row_rmsprop",
+    "row_rmsprop_local",
     "row_sgd",
     "shared_keys",
 ]
@@ -204,9 +207,9 @@ def _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t):
     n = state.last.shape[0]
     keys = [k for k in table if k not in shared]
     b = ids.shape[0]
-    new_table, new_slots, new_last = {}, {s: {} for s in state.slots}, state.last
+    new_table, new_slots, new_last, new_visits = {}, {s: {} for s in state.slots}, state.last, state.visits
     if not keys or b == 0 or n == 0:
-        return new_table, new_slots, new_last
+        return new_table, new_slots, new_last, new_visits
     local = _sanitize(ids, n, offset)
     uids, inv = jnp.unique(local, size=b, fill_value=n, return_inverse=True)
     uids = jnp.where(uids < n, uids, n + jnp.arange(b, dtype=uids.dtype))  # distinct, dropped
@@ -224,7 +227,8 @@ def _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t):
     slot_rows = {s: {k: take(state.slots[s][k]) for k in keys} for s in state.slots}
     last_rows = take(state.last)
     delta = t - last_rows
-    updates, slot_rows = optimizer.update(g, slot_rows, count, delta)
+    visits = take(state.visits) + 1
+    updates, slot_rows = optimizer.update(g, slot_rows, count, delta, visits)
     for k in keys:
         new_table[k] = put(table[k], take(table[k]).astype(g[k].dtype) + updates[k])
         for s in state.slots:
@@ -232,20 +236,24 @@ def _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t):
     # max(last_rows, t) == t (last <= count < t). Writing it so makes the scatter depend on
     # the gather of ``last`` above; otherwise XLA copies all N entries to keep the order.
     new_last = put(state.last, jnp.maximum(last_rows, t))
-    return new_table, new_slots, new_last
+    new_visits = put(state.visits, visits)
+    return new_table, new_slots, new_last, new_visits
 
 
 def _apply_local(optimizer, table, state, ids, grads, shared, offset, axis_name):
     count = state.count
     t = count + 1
-    new_table, new_slots, new_last = _update_rows(optimizer, table, state, ids, grads, shared, offset, count, t)
+    new_table, new_slots, new_last, new_visits = _update_rows(
+        optimizer, table, state, ids, grads, shared, offset, count, t)
     keys = [k for k in table if k in shared]
     if keys:
         g = {k: jnp.sum(grads[k].astype(_compute_dtype(table[k].dtype)), axis=0, keepdims=True) for k in keys}
         if axis_name is not None:
             g = lax.psum(g, axis_name)
         slots = {s: {k: state.slots[s][k] for k in keys} for s in state.slots}
-        updates, slots = optimizer.update(g, slots, count, jnp.ones((1,), jnp.int32))
+        # A shared row is touched by every step: delta = 1, visits = t.
+        updates, slots = optimizer.update(g, slots, count, jnp.ones((1,), jnp.int32),
+                                          jnp.reshape(t, (1,)))
         for k in keys:
             new_table[k] = (table[k].astype(g[k].dtype) + updates[k]).astype(table[k].dtype)
             for s in state.slots:
@@ -255,17 +263,19 @@ def _apply_local(optimizer, table, state, ids, grads, shared, offset, axis_name)
         for s in state.slots:
             new_slots[s].setdefault(k, state.slots[s][k])
     ordered = {k: new_table[k] for k in table}
-    return ordered, RowOptState(count=t, last=new_last, slots={s: {k: new_slots[s][k] for k in table} for s in state.slots})
+    slots = {s: {k: new_slots[s][k] for k in table} for s in state.slots}
+    return ordered, RowOptState(count=t, last=new_last, slots=slots, visits=new_visits)
 
 
 def _check_state_and_grads(optimizer, table, state, grads, batch):
     n = num_table_rows(table)
     if not isinstance(state, RowOptState):
         raise ValueError(f"opt_state: expected RowOptState from optimizer.init, got {type(state).__name__}")
-    if tuple(state.slots) != optimizer.slot_names or state.last.shape != (n,):
+    if (tuple(state.slots) != optimizer.slot_names or state.last.shape != (n,)
+            or state.visits.shape != (n,)):
         raise ValueError(
-            f"opt_state: expected slots {optimizer.slot_names} and last of shape ({n},), "
-            f"got {tuple(state.slots)} and {state.last.shape}"
+            f"opt_state: expected slots {optimizer.slot_names} and last, visits of shape ({n},), "
+            f"got {tuple(state.slots)}, {state.last.shape} and {state.visits.shape}"
         )
     for s, slot in state.slots.items():
         if set(slot) != set(table) or any(slot[k].shape != table[k].shape for k in table):
@@ -293,7 +303,8 @@ def apply_rows(
     """One optimizer step on the rows named by ``ids`` (O(B) work).
 
     Args:
-      optimizer: a :class:`RowOptimizer` (``row_rmsprop(...)``, ``row_adam``, ``row_sgd``).
+      optimizer: a :class:`RowOptimizer` (``row_rmsprop_local(...)``, ``row_rmsprop``,
+        ``row_adam``, ``row_sgd``).
       table: ``{name: (N, ...) | (1, ...)}``.
       opt_state: ``optimizer.init(table)`` (or a later state).
       ids: int (B,) row ids, as for :func:`gather`. Duplicates are summed.
@@ -319,7 +330,8 @@ def apply_rows(
         return _apply_local(optimizer, tbl, state, idx, g, shared, _shard_offset(n_local), DATA_AXIS)
 
     specs = _table_specs(table, shared)
-    state_specs = RowOptState(count=P(), last=P(DATA_AXIS), slots={s: specs for s in opt_state.slots})
+    state_specs = RowOptState(count=P(), last=P(DATA_AXIS), slots={s: specs for s in opt_state.slots},
+                              visits=P(DATA_AXIS))
     fn = jax.shard_map(
         local,
         mesh=mesh,

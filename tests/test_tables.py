@@ -139,6 +139,95 @@ def test_lazy_decay_closed_form():
         assert float(table["w"][0]) == pytest.approx(w, rel=1e-12)
 
 
+def _dense_per_row_rmsprop(lr, decay, eps, steps):
+    """Dense reference of row-local RMSprop: every row (and the shared leaf) is an
+    independent parameter with its own RMSprop clock, advanced only when the row is touched:
+    on its k-th touch nu <- decay nu + (1-decay) g^2, step lr(count) g / (sqrt(nu/(1-decay^k)) + eps)."""
+    params = {k: np.array(v, np.float64) for k, v in _initial().items()}
+    nu = {k: np.zeros_like(v) for k, v in params.items()}
+    visits = {k: np.zeros(v.shape[0], np.int64) for k, v in params.items()}
+    for count, (ids, grads) in enumerate(steps):
+        g = _dense_grads(ids, grads)
+        touched = _touched(ids)
+        for k in params:
+            rows = np.flatnonzero(touched[k].reshape(touched[k].shape[0], -1).any(axis=1))
+            for r in rows:
+                visits[k][r] += 1
+                nu[k][r] = decay * nu[k][r] + (1 - decay) * g[k][r] ** 2
+                nu_hat = nu[k][r] / (1 - decay ** visits[k][r])
+                params[k][r] = params[k][r] - lr(count, k) * g[k][r] / (np.sqrt(nu_hat) + eps)
+    return params, visits
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.5])
+def test_row_local_rmsprop_matches_dense_per_row_reference(decay):
+    """Row-local time: a row's update depends only on its own visits (float64, 1e-9)."""
+    lrs = {"p": SCHEDULE, "w": 0.02, "s": lambda c: 0.03 + 0.0 * c}  # per-field rates
+    with jax.enable_x64(True):
+        table = tables.init_table(_initial(), dtype=jnp.float64)
+        opt = tables.row_rmsprop_local(lrs, decay=decay, eps=1e-8, state_dtype=jnp.float64)
+        state = opt.init(table)
+        for ids, grads in _batches():
+            table, state = apply_rows(opt, table, state, ids, grads)
+
+        def lr(count, k):
+            return float(lrs[k](count)) if callable(lrs[k]) else lrs[k]
+
+        dense, visits = _dense_per_row_rmsprop(lr, decay, 1e-8, _batches())
+        for k in table:
+            np.testing.assert_allclose(np.asarray(table[k]), dense[k], rtol=0, atol=1e-9, err_msg=k)
+        np.testing.assert_array_equal(np.asarray(state.visits), visits["p"])
+        assert visits["p"][30:].sum() == 0 and int(state.count) == STEPS
+
+
+def test_row_local_rmsprop_equals_per_row_optax_adam_without_momentum():
+    """Second, independent reference: one row's updates equal optax.adam(b1=0) run on that
+    row's own gradient sequence, whatever the other rows do."""
+    with jax.enable_x64(True):
+        table = tables.init_table({"w": np.zeros(5)}, dtype=jnp.float64)
+        opt = tables.row_rmsprop_local(0.1, decay=0.9, state_dtype=jnp.float64)
+        state = opt.init(table)
+        rng = np.random.default_rng(3)
+        seq = []
+        for step in range(30):
+            ids = np.array([step % 5, 4])  # row 4 every step, rows 0..3 every 5th step
+            g = rng.normal(size=2)
+            table, state = apply_rows(opt, table, state, ids, {"w": g})
+            if step % 5 == 0:
+                seq.append(g[0])
+        ref_opt = optax.adam(0.1, b1=0.0, b2=0.9, eps=1e-8)
+        x = jnp.zeros(()); ref_state = ref_opt.init(x)
+        for g in seq:
+            u, ref_state = ref_opt.update(jnp.asarray(g), ref_state, x)
+            x = x + u
+        assert float(table["w"][0]) == pytest.approx(float(x), rel=1e-10)
+
+
+def test_row_local_step_is_independent_of_table_size():
+    """Scale-free: the same row with the same gradients moves the same whatever N and
+    however many other rows are updated between its visits (global-time RMSprop does not)."""
+    def final_row0(opt, n):
+        table = tables.init_table({"w": np.zeros(n)})
+        state = opt.init(table)
+        for step in range(30 * n):
+            row, visit = step % n, step // n  # a pass over all rows per n steps
+            g = 1.0 + 0.5 * np.sin(visit)  # row 0 sees the same sequence for every n
+            table, state = apply_rows(opt, table, state, np.array([row]), {"w": np.array([g])})
+        return float(table["w"][0])
+
+    local = [final_row0(tables.row_rmsprop_local(0.01, decay=0.9), n) for n in (1, 20)]
+    glob = [final_row0(tables.row_rmsprop(0.01, decay=0.9), n) for n in (1, 20)]
+    assert local[0] == pytest.approx(local[1], rel=1e-6)
+    assert abs(glob[1]) > 1.5 * abs(glob[0])  # the original's clock: bigger steps at larger N
+
+
+def test_per_field_learning_rate_missing_field_raises():
+    table = tables.init_table({"a": np.zeros(3), "b": np.zeros(3)})
+    opt = tables.row_sgd({"a": 0.1})
+    with pytest.raises(ValueError, match="no entry for table field 'b'"):
+        tables.apply_rows(opt, table, opt.init(table), np.array([0]), {"a": np.ones(1), "b": np.ones(1)})
+
+
 def test_gather_rows_duplicates_and_shared_broadcast():
     init = _initial()
     table = tables.init_table(init)
