@@ -85,9 +85,9 @@ def test_apply_matches_per_op_application():
 
 def test_registry_and_errors():
     assert transforms.POLICY_NAMES == ("none", "crop_flip", "randaugment", "color_subset",
-                                       "fast_aa", "dada")
+                                       "fast_aa", "dada", "trivialaugment")
     assert transforms.allowed_policies("mnist5k") == ("none", "crop_flip", "randaugment",
-                                                      "color_subset")
+                                                      "color_subset", "trivialaugment")
     with pytest.raises(ValueError, match=r"unknown policy 'autoaug'; allowed: \('none'"):
         transforms.host_transform("autoaug", "cifar10")
     with pytest.raises(ValueError, match="'fast_aa' has no original policy.*mnist"):

@@ -1,4 +1,5 @@
-"""Baseline augmentation policies of the original: RandAugment, Fast AutoAugment, DADA.
+"""Baseline augmentation policies: the original's RandAugment, Fast AutoAugment and DADA,
+and TrivialAugment Wide (Müller & Hutter, ICCV 2021).
 
 Sampling follows the original code (original_autodo_facts.md 1.3-1.4); application uses
 the vectorised PIL ops of ``pil_ops``. Every policy is a callable
@@ -47,10 +48,14 @@ OPS: dict[str, OpFn] = {
     "ShearY": lambda x, v, rng: pil_ops.shear_y(x, v),
     "TranslateX": lambda x, v, rng: pil_ops.translate_x(x, v),
     "TranslateY": lambda x, v, rng: pil_ops.translate_y(x, v),
+    # translations by v pixels (TrivialAugment's ranges are in pixels, not fractions)
+    "TranslateXPixels": lambda x, v, rng: pil_ops.translate_x(x, np.asarray(v) / x.shape[2]),
+    "TranslateYPixels": lambda x, v, rng: pil_ops.translate_y(x, np.asarray(v) / x.shape[1]),
     "Cutout": _cutout,
 }
 #: Ops whose value flips sign with probability 0.5 (the original's random mirror).
-GEOMETRIC = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+GEOMETRIC = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY",
+                       "TranslateXPixels", "TranslateYPixels"})
 
 #: RandAugment op lists of the original (name, lo, hi); value = lo + U * M/30 * (hi - lo).
 RANDAUGMENT_OPS = (("Identity", 0, 1), ("AutoContrast", 0, 1), ("Equalize", 0, 1),
@@ -155,6 +160,70 @@ class SubPolicyAugment:
         applied = rng.random((b, self.op_idx.shape[1])) < self.prob[sub]
         op_idx = np.where(applied, self.op_idx[sub], -1)
         return op_idx, self.value[sub] * _signs(self.names, op_idx, rng)
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        op_idx, values = self.sample(images.shape[0], rng)
+        return apply_ops(images, op_idx, values, self.names, rng)
+
+
+#: TrivialAugment Wide: the 14 ops of the authors' "wide_standard" space (automl/
+#: trivialaugment, aug_lib.py) as (name, (kind, m, a)): the value at strength level
+#: l in 0..30 is l*m/30 + a ("float"), int(l*m/30) + a ("trunc") or a - int(l*m/30)
+#: ("minus"). Rotate, shears and translations flip sign with probability 0.5;
+#: translations are in pixels.
+TRIVIALAUGMENT_LEVELS = 31
+TRIVIALAUGMENT_OPS = (
+    ("Identity", ("float", 0.0, 0.0)),
+    ("AutoContrast", ("float", 0.0, 0.0)),
+    ("Equalize", ("float", 0.0, 0.0)),
+    ("Rotate", ("trunc", 135.0, 0.0)),                 # degrees 0..135
+    ("Solarize", ("minus", 256.0, 256.0)),             # threshold 256..0
+    ("Color", ("float", 2.0 - 0.01, 0.01)),            # enhance factor 0.01..2.0
+    ("Posterize", ("minus", 6.0, 8.0)),                # bits 8..2
+    ("Contrast", ("float", 2.0 - 0.01, 0.01)),
+    ("Brightness", ("float", 2.0 - 0.01, 0.01)),
+    ("Sharpness", ("float", 2.0 - 0.01, 0.01)),
+    ("ShearX", ("float", 0.99, 0.0)),
+    ("ShearY", ("float", 0.99, 0.0)),
+    ("TranslateXPixels", ("trunc", 32.0, 0.0)),        # pixels 0..32
+    ("TranslateYPixels", ("trunc", 32.0, 0.0)),
+)
+
+
+def trivialaugment_values(op_idx: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Unsigned values of TrivialAugment Wide ops ``op_idx`` at integer strength levels
+    ``level`` (0..30), with the authors' integer truncations (int arrays of one shape ->
+    float64 of that shape)."""
+    op_idx = np.asarray(op_idx)
+    level = np.broadcast_to(np.asarray(level, np.float64), op_idx.shape)
+    out = np.zeros(op_idx.shape, np.float64)
+    for k, (_, (kind, m, a)) in enumerate(TRIVIALAUGMENT_OPS):
+        sel = op_idx == k
+        scaled = level[sel] * m / (TRIVIALAUGMENT_LEVELS - 1)
+        out[sel] = {"float": scaled + a, "trunc": np.trunc(scaled) + a,
+                    "minus": a - np.trunc(scaled)}[kind]
+    return out
+
+
+class TrivialAugmentWide:
+    """TrivialAugment (Müller & Hutter, ICCV 2021) in its recommended "wide" space.
+
+    Per image: one op uniformly from ``TRIVIALAUGMENT_OPS`` and one strength level
+    uniformly from the 31 integers 0..30 (the authors' code and torchvision draw the same
+    discrete levels), mapped to the op's wide range; geometric values flip sign with
+    probability 0.5. Translations are absolute (up to 32 px, the range defined for 32x32
+    CIFAR images; on 28x28 MNIST the largest shift moves the digit out of the frame).
+    Nothing is learned or tuned.
+    """
+
+    def __init__(self):
+        self.names = tuple(name for name, _ in TRIVIALAUGMENT_OPS)
+
+    def sample(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(op_idx int (b, 1), signed values float (b, 1))."""
+        op_idx = rng.integers(0, len(self.names), size=(b, 1))
+        level = rng.integers(0, TRIVIALAUGMENT_LEVELS, size=(b, 1))
+        return op_idx, trivialaugment_values(op_idx, level) * _signs(self.names, op_idx, rng)
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         op_idx, values = self.sample(images.shape[0], rng)

@@ -11,7 +11,9 @@ Policy names (``POLICY_NAMES``; ``host_transform(name, family)``):
     ``randaugment``: RandAugment (original variant) + standard preprocessing;
     ``fast_aa`` / ``dada``: Fast AutoAugment / DADA policy + standard preprocessing;
     ``color_subset``: RandAugment's colour-only subset + standard preprocessing (used with
-    learned augmentation, whose geometry is done on the device).
+    learned augmentation, whose geometry is done on the device);
+    ``trivialaugment``: TrivialAugment Wide (one op, uniform strength) + standard
+    preprocessing.
 """
 from __future__ import annotations
 
@@ -169,6 +171,7 @@ _POLICIES: dict[str, Callable[[str, Family], PolicyOp | None]] = {
                                                                 colour_only=True),
     "fast_aa": _named_policy("fast_aa", lambda f: f.fast_aa),
     "dada": _named_policy("dada", lambda f: f.dada),
+    "trivialaugment": lambda name, family: _policies.TrivialAugmentWide(),
 }
 POLICY_NAMES = tuple(_POLICIES)
 
@@ -184,8 +187,8 @@ def host_transform(policy: str, dataset: str) -> HostTransform:
     """The host transform of ``policy`` (a name in ``POLICY_NAMES``) for ``dataset``.
 
     Args:
-        policy: ``none``, ``crop_flip``, ``randaugment``, ``fast_aa``, ``dada`` or
-            ``color_subset``.
+        policy: ``none``, ``crop_flip``, ``randaugment``, ``fast_aa``, ``dada``,
+            ``color_subset`` or ``trivialaugment``.
         dataset: a family (``mnist``, ``svhn``, ``cifar10``, ``cifar100``, ``imagenet``,
             ``generic``) or a known dataset name (``source.family`` works for any source).
 
