@@ -10,7 +10,8 @@
 Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
-from autodo_jax._src.train.config import (COMPUTE_DTYPES, SOLVERS, StepConfig,
+from autodo_jax._src.train.config import (COMPUTE_DTYPES, LR_FIELDS, SOLVERS,
+                                          TABLE_OPTIMIZERS, StepConfig,
                                           hyper_lr_schedule, inner_optimizer, lr_schedule,
                                           make_solver, model_from_config, table_optimizer)
 from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
@@ -21,7 +22,9 @@ from autodo_jax.models import get_model
 
 __all__ = [
     "COMPUTE_DTYPES",
+    "LR_FIELDS",
     "SOLVERS",
+    "TABLE_OPTIMIZERS",
     "StepConfig",
     "TrainState",
     "autodo_table_init",

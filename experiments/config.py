@@ -46,6 +46,7 @@ MODELS = ("lenet", "small_cnn", "mnist_resnet", "resnet18", "wrn28_2", "wrn28_10
 SOLVERS = ("neumann", "identity", "cg", "nystrom")
 CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 ABLATIONS = ("none", "overfit", "oversplit")
+TABLE_OPTIMIZERS = ("rmsprop_local", "rmsprop_global")
 TRISTATE = ("auto", "true", "false")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -100,6 +101,15 @@ class Config:
     hyper_steps_per_epoch: int = _f(
         0, "Hyper steps per hyper epoch (0 = one pass over the train rows at the hyper batch).")
     hyper_lr: float = _f(0.05, "Peak learning rate of the tables' row RMSprop (warm-up + cosine).")
+    hyper_lr_aug: float = _f(0.0, "Peak learning rate of the augmentation rows λ_A (0 = --hyper_lr).")
+    hyper_lr_weight: float = _f(0.0, "Peak learning rate of the loss-weight rows λ_W (0 = --hyper_lr).")
+    hyper_lr_soft: float = _f(0.0, "Peak learning rate of the soft-label rows λ_S (0 = --hyper_lr).")
+    table_optimizer: str = _f(
+        "rmsprop_local", "Row optimizer of the tables: rmsprop_local (row-local time: a row's "
+        "moment decays per visit, scale-free) | rmsprop_global (the original's dense clock).",
+        choices=TABLE_OPTIMIZERS)
+    rmsprop_decay: float = _f(0.99, "RMSprop second-moment decay (per row visit for "
+                                    "rmsprop_local, per hyper step for rmsprop_global).")
     solver: str = _f("neumann", "Inverse-curvature solver.", choices=SOLVERS)
     solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank).")
     neumann_alpha: float = _f(0.01, "Neumann step alpha.")
@@ -224,6 +234,10 @@ def static_errors(config: Config) -> list[str]:
         v = getattr(c, name)
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
+    need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "allowed: 0 <= decay < 1")
+    for name in ("hyper_lr_aug", "hyper_lr_weight", "hyper_lr_soft"):
+        v = getattr(c, name)
+        need(math.isfinite(v) and v >= 0, name, "allowed: a finite number >= 0 (0 = --hyper_lr)")
     need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
          "allowed: a finite number >= 0")
     need(math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs",

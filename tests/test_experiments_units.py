@@ -27,6 +27,13 @@ def test_default_config_is_valid_and_named():
     assert cfg_lib.symmetric_kl(c) and not cfg_lib.symmetric_kl(c.replace(imbalance_ratio=1, noise_ratio=0))
 
 
+def test_choices_match_the_library():
+    """experiments.config repeats a few library choices (so flags parse before JAX starts)."""
+    from autodo_jax import train
+    assert cfg_lib.TABLE_OPTIMIZERS == train.TABLE_OPTIMIZERS
+    assert cfg_lib.SOLVERS == train.SOLVERS
+
+
 @pytest.mark.parametrize("changes, flag", [
     (dict(method="bogus"), "--method"),
     (dict(noise_ratio=1.0), "--noise_ratio"),
@@ -38,6 +45,8 @@ def test_default_config_is_valid_and_named():
     (dict(method="randaugment", upsample=4), "--upsample"),
     (dict(method="val_only", ablation="oversplit"), "--ablation"),
     (dict(learning_rate=float("nan")), "--learning_rate"),
+    (dict(hyper_lr_soft=-0.1), "--hyper_lr_soft"),
+    (dict(rmsprop_decay=1.0), "--rmsprop_decay"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
     errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))

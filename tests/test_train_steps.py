@@ -37,6 +37,10 @@ def test_step_config_validation():
         train.StepConfig(solver="newton")
     with pytest.raises(ValueError, match="StepConfig.model"):
         train.StepConfig(model="vgg")
+    with pytest.raises(ValueError, match="StepConfig.hyper_lr_soft"):
+        train.StepConfig(hyper_lr_soft=-1.0)
+    with pytest.raises(ValueError, match="StepConfig.table_optimizer"):
+        train.StepConfig(table_optimizer="adam")
     hash(FULL)  # static jit argument
 
 
@@ -113,6 +117,17 @@ def test_inner_step_keeps_table_and_hyper_step_touches_only_batch_rows():
     nu = host(state.table_opt_state.slots["nu"])
     for key, v in nu.items():
         assert not np.any(v[~in_batch]) and np.any(v[in_batch]), key
+    # Row-local RMSprop, first visit of each row: every coordinate with a non-zero gradient
+    # moves by its field's peak rate (aug 0.05 = hyper_lr, weight 0.1, soft 0.2); a
+    # magnitude logit of an op that was switched off has a zero gradient and stays.
+    np.testing.assert_array_equal(host(state.table_opt_state.visits), in_batch.astype(np.int32))
+    for key, lr in {"aug_p": 0.05, "aug_m": 0.05, "weight": 0.1, "soft": 0.2}.items():
+        step = np.abs(host(state.table)[key] - mid.table[key])[in_batch]
+        moved = step[step > 0]
+        assert moved.size > 0.1 * step.size, key
+        assert np.mean(np.isclose(moved, lr, rtol=1e-2)) > 0.9, (key, moved[:8])
+        assert step.max() <= lr * (1 + 1e-5), key
+    assert float(metrics["hyper_lr_soft"]) == pytest.approx(0.2)
 
 
 def test_nonfinite_hypergradient_is_skipped_and_counted():

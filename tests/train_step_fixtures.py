@@ -11,7 +11,7 @@ from autodo_jax import train
 N, B, C, HW = 64, 16, 10, (8, 8, 1)
 FULL = train.StepConfig(model="small_cnn", num_classes=C, learn_aug=True, learn_weight=True,
                         learn_soft=True, symmetric_kl=True, total_steps=100,
-                        hyper_total_steps=10)
+                        hyper_total_steps=10, hyper_lr_weight=0.1, hyper_lr_soft=0.2)
 NONE = train.StepConfig(model="small_cnn", num_classes=C, lr=0.02, total_steps=100)
 
 

@@ -3,7 +3,7 @@ optimizers, schedules and solvers built from it."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,11 @@ from autodo_jax.models import MODEL_NAMES, Classifier, get_model
 SOLVERS = ("neumann", "identity", "cg", "nystrom")
 CURVATURES = implicit.CURVATURES
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+#: Row optimizers of the tables: "rmsprop_local" (row-local time, scale-free: the default)
+#: and "rmsprop_global" (the original's dense RMSprop clock, reproduced exactly).
+TABLE_OPTIMIZERS = ("rmsprop_local", "rmsprop_global")
+#: Table fields of each learning-rate group.
+LR_FIELDS = {"aug": ("aug_p", "aug_m"), "weight": ("weight",), "soft": ("soft",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +51,12 @@ class StepConfig:
         warmup_factor: start of the warm-up as a fraction of ``lr``.
         final_lr_factor: end of the cosine as a fraction of ``lr``.
         hyper_lr: peak learning rate of the tables' row-sparse RMSprop.
+        hyper_lr_aug, hyper_lr_weight, hyper_lr_soft: peak learning rates of the λ_A,
+            λ_W and λ_S fields (None = ``hyper_lr``).
         hyper_warmup_steps, hyper_total_steps: the same schedule shape over hyper steps.
-        rmsprop_decay, rmsprop_eps: RMSprop's second-moment decay and epsilon.
+        table_optimizer: one of ``TABLE_OPTIMIZERS``.
+        rmsprop_decay, rmsprop_eps: RMSprop's second-moment decay (per visit of a row for
+            "rmsprop_local", per hyper step for "rmsprop_global") and epsilon.
         solver: inverse-curvature solver, one of ``SOLVERS``.
         solver_iters: Neumann J / CG iterations.
         neumann_alpha: Neumann step α.
@@ -77,8 +86,12 @@ class StepConfig:
     warmup_factor: float = 0.1
     final_lr_factor: float = 1e-3
     hyper_lr: float = 0.05
+    hyper_lr_aug: Optional[float] = None
+    hyper_lr_weight: Optional[float] = None
+    hyper_lr_soft: Optional[float] = None
     hyper_warmup_steps: int = 0
     hyper_total_steps: int = 1
+    table_optimizer: str = "rmsprop_local"
     rmsprop_decay: float = 0.99
     rmsprop_eps: float = 1e-8
     solver: str = "neumann"
@@ -109,7 +122,15 @@ class StepConfig:
         need(self.hyper_total_steps >= 1, "hyper_total_steps", ">= 1")
         need(0 <= self.hyper_warmup_steps <= self.hyper_total_steps, "hyper_warmup_steps",
              "in [0, hyper_total_steps]")
-        need(self.lr > 0 and self.hyper_lr > 0, "lr", "> 0 (and hyper_lr > 0)")
+        need(self.lr > 0, "lr", "> 0")
+        for group in LR_FIELDS:
+            name = f"hyper_lr_{group}"
+            value = getattr(self, name)
+            need(value is None or value > 0, name, "None or > 0")
+        need(self.hyper_lr > 0, "hyper_lr", "> 0")
+        need(self.table_optimizer in TABLE_OPTIMIZERS, "table_optimizer",
+             f"one of {TABLE_OPTIMIZERS}")
+        need(0 <= self.rmsprop_decay < 1, "rmsprop_decay", "in [0, 1)")
         need(self.solver in SOLVERS, "solver", f"one of {SOLVERS}")
         need(self.curvature in CURVATURES, "curvature", f"one of {CURVATURES}")
         need(self.neumann_scale in implicit.NEUMANN_SCALES, "neumann_scale",
@@ -151,9 +172,17 @@ def lr_schedule(cfg: StepConfig) -> optax.Schedule:
     return _warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg)
 
 
-def hyper_lr_schedule(cfg: StepConfig) -> optax.Schedule:
-    """Table learning rate, the same shape over hyper steps."""
-    return _warmup_cosine(cfg.hyper_lr, cfg.hyper_warmup_steps, cfg.hyper_total_steps, cfg)
+def hyper_lr_schedule(cfg: StepConfig, group: Optional[str] = None) -> optax.Schedule:
+    """Table learning rate, the same shape over hyper steps.
+
+    Args:
+        cfg: the step configuration.
+        group: None for ``hyper_lr``, or a key of ``LR_FIELDS`` ("aug", "weight", "soft")
+            for that group's rate (its ``hyper_lr_<group>``, else ``hyper_lr``).
+    """
+    peak = cfg.hyper_lr if group is None else getattr(cfg, f"hyper_lr_{group}")
+    peak = cfg.hyper_lr if peak is None else peak
+    return _warmup_cosine(peak, cfg.hyper_warmup_steps, cfg.hyper_total_steps, cfg)
 
 
 def inner_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
@@ -164,9 +193,13 @@ def inner_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
 
 
 def table_optimizer(cfg: StepConfig) -> tables.RowOptimizer:
-    """Row-sparse RMSprop on the per-example tables."""
-    return tables.row_rmsprop(hyper_lr_schedule(cfg), decay=cfg.rmsprop_decay,
-                              eps=cfg.rmsprop_eps)
+    """Row-sparse RMSprop on the per-example tables, one learning-rate schedule per field
+    (``hyper_lr_aug`` for "aug_p"/"aug_m", ``hyper_lr_weight``, ``hyper_lr_soft``)."""
+    lrs = {field: hyper_lr_schedule(cfg, group)
+           for group, fields in LR_FIELDS.items() for field in fields}
+    make = (tables.row_rmsprop_local if cfg.table_optimizer == "rmsprop_local"
+            else tables.row_rmsprop)
+    return make(lrs, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps)
 
 
 def make_solver(cfg: StepConfig, key: jax.Array) -> Any:

@@ -12,7 +12,8 @@ from jax import lax
 from jax.sharding import Mesh
 
 from autodo_jax import augment, implicit, losses, tables
-from autodo_jax._src.train.config import (StepConfig, hyper_lr_schedule, inner_optimizer,
+from autodo_jax._src.train.config import (LR_FIELDS, StepConfig,
+                                          hyper_lr_schedule, inner_optimizer,
                                           lr_schedule, make_solver, model_from_config,
                                           table_optimizer)
 from autodo_jax._src.implicit.tree import all_finite
@@ -254,6 +255,8 @@ def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: Ste
         "finite": finite,
         "skipped": jnp.logical_not(finite).astype(jnp.int32),
         "hyper_lr": hyper_lr_schedule(cfg)(state.table_opt_state.count),
+        **{f"hyper_lr_{g}": hyper_lr_schedule(cfg, g)(state.table_opt_state.count)
+           for g in LR_FIELDS if getattr(cfg, f"hyper_lr_{g}") is not None},
     }
     if cfg.learn_weight:
         metrics["weight_mean"] = jnp.mean(_weights(rows, cfg))
