@@ -6,6 +6,8 @@
 - :func:`inner_step` (model SGD step with λ fixed), :func:`hyper_step` (implicit
   hypergradient and row-sparse RMSprop on the batch's table rows), :func:`eval_step`,
   :func:`check_finite`; :func:`table_hypergrads` (the hypergradient part of the hyper step).
+- :func:`inner_steps`, :func:`hyper_steps`: K steps per dispatch (``lax.scan`` over
+  stacked batches); :func:`scan_steps` / :func:`jit_multi_step` for any other step.
 
 Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
@@ -16,6 +18,8 @@ from autodo_jax._src.train.config import (COMPUTE_DTYPES, LR_FIELDS, SOLVERS,
                                           make_solver, model_from_config, table_optimizer)
 from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
                                          place_state)
+from autodo_jax._src.train.multistep import (hyper_steps, inner_steps, jit_multi_step,
+                                             scan_steps)
 from autodo_jax._src.train.steps import (check_finite, eval_step, hyper_step, inner_step,
                                          table_hypergrads)
 from autodo_jax.models import get_model
@@ -34,11 +38,16 @@ __all__ = [
     "get_model",
     "hyper_lr_schedule",
     "hyper_step",
+    "hyper_steps",
     "inner_optimizer",
+    "inner_step",
+    "inner_steps",
+    "jit_multi_step",
     "lr_schedule",
     "make_solver",
     "model_from_config",
     "place_state",
+    "scan_steps",
     "table_hypergrads",
     "table_optimizer",
 ]

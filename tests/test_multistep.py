@@ -17,7 +17,6 @@ import pytest
 from train_step_fixtures import B, FULL, N, assert_tree_equal, data, host, make_batch, make_state
 
 from autodo_jax import train
-from autodo_jax._src.train import multistep
 
 K = 3
 
@@ -52,9 +51,9 @@ def _assert_tree_close(a, b):
 def test_inner_steps_equal_for_every_k(problem):
     """K = 3 in one dispatch == three K = 1 dispatches (bitwise) ~= three inner_step."""
     labels, tb, _ = problem
-    one = lambda s, b: multistep.inner_steps(s, _stack([b]), None, FULL)
+    one = lambda s, b: train.inner_steps(s, _stack([b]), None, FULL)
     want_state, want_metrics = _sequential(one, make_state(FULL, labels), tb)
-    state, metrics = multistep.inner_steps(make_state(FULL, labels), _stack(tb), None, FULL)
+    state, metrics = train.inner_steps(make_state(FULL, labels), _stack(tb), None, FULL)
     assert int(state.step) == K
     assert_tree_equal(host(state), want_state)
     assert_tree_equal(host(metrics), jax.tree.map(lambda x: x[:, 0], want_metrics))
@@ -68,14 +67,14 @@ def test_hyper_steps_with_padding_equal_single_steps(problem):
     """K = 3 stacked steps, the last padded: bitwise two K = 1 dispatches; metrics 0 at
     the padded step; close to two hyper_step calls."""
     labels, tb, vb = problem
-    one = lambda s, t, v: multistep.hyper_steps(s, _stack([t]), _stack([v]), None, FULL)
+    one = lambda s, t, v: train.hyper_steps(s, _stack([t]), _stack([v]), None, FULL)
     want_state, want_metrics = _sequential(one, make_state(FULL, labels), tb[:2], vb[:2])
     want_metrics = jax.tree.map(lambda x: x[:, 0], want_metrics)
     plain_state, _ = _sequential(lambda s, t, v: train.hyper_step(s, t, v, FULL),
                                  make_state(FULL, labels), tb[:2], vb[:2])
     _assert_tree_close(want_state, plain_state)
     valid = np.array([True, True, False])
-    state, metrics = multistep.hyper_steps(make_state(FULL, labels), _stack(tb), _stack(vb),
+    state, metrics = train.hyper_steps(make_state(FULL, labels), _stack(tb), _stack(vb),
                                            valid, FULL)
     assert int(state.hyper_step) == 2 and int(state.step) == 0
     assert_tree_equal(host(state), want_state)
@@ -91,7 +90,7 @@ def test_jit_multi_step_is_generic_and_checks_shapes():
         new = state * 2.0 + x - y
         return new, {"sum": new.sum()}
 
-    run = multistep.jit_multi_step(step)
+    run = train.jit_multi_step(step)
     xs, ys = np.arange(6.0).reshape(3, 2), np.ones((3, 2))
     state, metrics = run(np.zeros(2), (xs, ys), np.array([True, False, True]))
     want = np.zeros(2)
@@ -100,6 +99,6 @@ def test_jit_multi_step_is_generic_and_checks_shapes():
     np.testing.assert_array_equal(state, want)
     np.testing.assert_array_equal(metrics["sum"][1], 0.0)
     with pytest.raises(ValueError, match="same leading size K"):
-        multistep.scan_steps(step, np.zeros(2), (xs, ys[:2]))
+        train.scan_steps(step, np.zeros(2), (xs, ys[:2]))
     with pytest.raises(ValueError, match="valid must have shape"):
-        multistep.scan_steps(step, np.zeros(2), (xs, ys), np.array([True]))
+        train.scan_steps(step, np.zeros(2), (xs, ys), np.array([True]))
