@@ -15,11 +15,13 @@ queue gives the prefetching.
 """
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+import collections
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from typing import Any
 
+import jax
 import numpy as np
 
 from autodo_jax.data.transforms import host_transform
@@ -45,53 +47,68 @@ def host_slice(global_size: int, process_index: int, process_count: int) -> slic
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def prefetched(produce: Callable[[Any], Any], keys: Iterator[Any], size: int) -> Iterator[Any]:
-    """Yields ``(key, produce(key))`` for ``keys``, computed ahead in a background thread.
+def prefetched(produce: Callable[[Any], Any], keys: Iterator[Any], size: int,
+               workers: int = 1) -> Iterator[Any]:
+    """Yields ``(key, produce(key))`` for ``keys`` in order, computed ahead by worker threads.
+
+    Each value is computed by one call of ``produce`` in one thread, so the values do not
+    depend on ``workers`` (when ``produce`` is a pure function of its key, as the loaders'
+    batches are). numpy and Pillow release the GIL in their array loops, so threads scale
+    with cores for batch-sized work.
 
     Args:
         produce: the (thread-safe) work per key.
-        keys: the keys, in order.
-        size: queue bound (batches ready ahead); 0 computes in the caller's thread.
+        keys: the keys, in order (may be endless: keys are drawn only as work is queued).
+        size: values computed ahead of the consumer beyond the ``workers`` being
+            computed; ``size <= 0`` with ``workers <= 1`` computes in the caller's thread.
+        workers: threads computing values concurrently (>= 1).
+
+    Closing the generator (or leaving the for loop) cancels the queued work; an exception
+    of ``produce`` is re-raised in the consumer at its key's turn.
     """
-    if size <= 0:
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if size <= 0 and workers == 1:
         for key in keys:
             yield key, produce(key)
         return
-    q: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for key in keys:
-                if stop.is_set() or not put((key, produce(key), None)):
-                    return
-            put((done, None, None))
-        except BaseException as e:  # noqa: BLE001  re-raised in the consumer
-            put((done, None, e))
-
-    thread = threading.Thread(target=work, name="autodo-prefetch", daemon=True)
-    thread.start()
+    ahead = max(size, 0) + workers
+    pending: collections.deque = collections.deque()
+    pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="autodo-prefetch")
+    keys = iter(keys)
     try:
-        while True:
-            key, value, error = q.get()
-            if key is done:
-                if error is not None:
-                    raise error
-                return
+        for key in itertools.islice(keys, ahead):
+            pending.append((key, pool.submit(produce, key)))
+        while pending:
+            key, future = pending.popleft()
+            value = future.result()
+            for nxt in itertools.islice(keys, 1):
+                pending.append((nxt, pool.submit(produce, nxt)))
             yield key, value
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stack_batches(batches: Sequence[Any], size: int) -> tuple[Any, np.ndarray]:
+    """Stacks batches on a new leading axis of ``size`` for a multi-step dispatch.
+
+    Args:
+        batches: 1 to ``size`` pytrees of equal structure and shapes (e.g. batch dicts).
+        size: K, the leading size of the result; missing batches are filled with copies
+            of the last one (padding that ``autodo_jax.train.inner_steps`` skips).
+
+    Returns:
+        ``(stacked, valid)``: every leaf ``(K, ...)``, and bool (K,) marking the real
+        batches.
+    """
+    n = len(batches)
+    if not 1 <= n <= size:
+        raise ValueError(f"stack_batches: need 1 to size={size} batches, got {n}")
+    padded = list(batches) + [batches[-1]] * (size - n)
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *padded)
+    return stacked, np.arange(size) < n
 
 
 class BatchLoader:
