@@ -24,7 +24,8 @@ import numpy as np
 
 __all__ = [
     "LOSS_MODES", "loss_weight", "soft_label_init", "cross_entropy", "soft_label_loss",
-    "weighted_mean", "per_example_loss", "train_loss", "val_loss",
+    "weighted_per_example", "weighted_mean", "per_example_loss", "per_example_train_loss",
+    "train_loss", "val_loss",
 ]
 
 LOSS_MODES = ("ce", "kl", "symmetric_kl")
@@ -139,6 +140,24 @@ def soft_label_loss(logits: jax.Array, soft_logits: jax.Array, *, symmetric: boo
     return 0.5 * (kl_qp - jnp.sum(jnp.exp(log_p) * diff, axis=-1))
 
 
+def weighted_per_example(per_example: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """w_b · loss_b (weights not renormalised); ``per_example`` unchanged when ``weights`` is None.
+
+    Args:
+      per_example: (B,) losses. weights: (B,) or None.
+
+    Returns:
+      (B,) in at least float32.
+    """
+    per_example = jnp.asarray(per_example)
+    if per_example.ndim != 1:
+        raise ValueError(f"per_example must be 1-D (B,); got shape {per_example.shape}.")
+    per_example = per_example.astype(jnp.result_type(jnp.float32, per_example.dtype))
+    if weights is None:
+        return per_example
+    return _per_example("weights", weights, per_example.shape[0]) * per_example
+
+
 def weighted_mean(per_example: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """mean_b(w_b · loss_b) (weights not renormalised); plain mean when ``weights`` is None.
 
@@ -148,13 +167,7 @@ def weighted_mean(per_example: jax.Array, weights: jax.Array | None = None) -> j
     Returns:
       scalar.
     """
-    per_example = jnp.asarray(per_example)
-    if per_example.ndim != 1:
-        raise ValueError(f"per_example must be 1-D (B,); got shape {per_example.shape}.")
-    per_example = per_example.astype(jnp.result_type(jnp.float32, per_example.dtype))
-    if weights is None:
-        return jnp.mean(per_example)
-    return jnp.mean(_per_example("weights", weights, per_example.shape[0]) * per_example)
+    return jnp.mean(weighted_per_example(per_example, weights))
 
 
 def per_example_loss(logits: jax.Array, *, mode: str, labels: jax.Array | None = None,
@@ -180,6 +193,20 @@ def per_example_loss(logits: jax.Array, *, mode: str, labels: jax.Array | None =
     return soft_label_loss(logits, soft_logits, symmetric=mode == "symmetric_kl")
 
 
+def per_example_train_loss(logits: jax.Array, *, mode: str, labels: jax.Array | None = None,
+                           soft_logits: jax.Array | None = None,
+                           lambda_w: jax.Array | None = None) -> jax.Array:
+    """Weighted per-example train loss w(λ_W)_b · loss_b; unweighted when ``lambda_w`` is None.
+
+    Args: as ``per_example_loss``, plus ``lambda_w`` (B,) raw weight hyperparameters.
+
+    Returns:
+      (B,) float32.
+    """
+    losses = per_example_loss(logits, mode=mode, labels=labels, soft_logits=soft_logits)
+    return weighted_per_example(losses, None if lambda_w is None else loss_weight(lambda_w))
+
+
 def train_loss(logits: jax.Array, *, mode: str, labels: jax.Array | None = None,
                soft_logits: jax.Array | None = None,
                lambda_w: jax.Array | None = None) -> jax.Array:
@@ -190,8 +217,8 @@ def train_loss(logits: jax.Array, *, mode: str, labels: jax.Array | None = None,
     Returns:
       scalar float32.
     """
-    losses = per_example_loss(logits, mode=mode, labels=labels, soft_logits=soft_logits)
-    return weighted_mean(losses, None if lambda_w is None else loss_weight(lambda_w))
+    return jnp.mean(per_example_train_loss(logits, mode=mode, labels=labels,
+                                           soft_logits=soft_logits, lambda_w=lambda_w))
 
 
 def val_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -12,10 +12,10 @@
 Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
-from autodo_jax._src.train.config import (COMPUTE_DTYPES, LR_FIELDS, SOLVERS,
-                                          TABLE_OPTIMIZERS, StepConfig,
-                                          hyper_lr_schedule, inner_optimizer, lr_schedule,
-                                          make_solver, model_from_config, table_optimizer)
+from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, LR_FIELDS, SOLVERS,
+                                               TABLE_OPTIMIZERS, StepConfig, hyper_lr_schedule,
+                                               inner_optimizer, lr_schedule, make_solver,
+                                               model_from_config, table_optimizer)
 from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
                                          place_state)
 from autodo_jax._src.train.multistep import (hyper_steps, inner_steps, jit_multi_step,

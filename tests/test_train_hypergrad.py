@@ -21,7 +21,7 @@ def test_table_hypergrads_equal_direct_hypergradient():
     rows, grads, info, _ = jax.jit(train.table_hypergrads, static_argnames="cfg")(
         state, tb, vb, cfg=FULL)
     model = train.model_from_config(FULL)
-    key = steps_impl._step_key(state.rng, steps_impl._HYPER_STREAM, state.hyper_step)
+    key = steps_impl._step_key(state.rng, steps_impl._HYPER_STREAM, state.hyper_count)
 
     def feats(x):
         return encode(model, state.params, state.batch_stats, x, train=False)[0]

@@ -98,13 +98,13 @@ def test_inner_step_keeps_table_and_hyper_step_touches_only_batch_rows():
     assert np.isfinite(float(metrics["loss"])) and float(metrics["weight_mean"]) == 1.0
     assert_tree_equal(host(state.table), before.table)  # λ fixed in the inner step
     assert_tree_equal(host(state.table_opt_state), before.table_opt_state)
-    assert int(state.step) == 1 and int(state.hyper_step) == 0
+    assert int(state.step) == 1 and int(state.hyper_count) == 0
 
     mid = host(state)
     val = make_batch(images, labels, np.arange(32, 32 + B))
     state, metrics = train.hyper_step(state, batch, val, FULL)
     assert int(metrics["skipped"]) == 0 and bool(metrics["finite"])
-    assert int(state.hyper_step) == 1 and int(state.step) == 1
+    assert int(state.hyper_count) == 1 and int(state.step) == 1
     for name in ("params", "batch_stats", "opt_state"):
         assert_tree_equal(host(getattr(state, name)), getattr(mid, name))
     in_batch = np.zeros(N, bool)
@@ -143,4 +143,4 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
     assert int(metrics["skipped"]) == 1 and not bool(metrics["finite"])
     assert_tree_equal(host(state.table), before.table)
     assert_tree_equal(host(state.table_opt_state), before.table_opt_state)
-    assert int(state.hyper_step) == 1
+    assert int(state.hyper_count) == 1

@@ -10,8 +10,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from autodo_jax import augment, losses, parallel, tables
-from autodo_jax._src.train.config import (StepConfig, inner_optimizer, model_from_config,
-                                          table_optimizer)
+from autodo_jax._src.train.step_config import (StepConfig, inner_optimizer, model_from_config,
+                                               table_optimizer)
 from autodo_jax.models import init_variables
 
 PyTree = Any
@@ -29,7 +29,7 @@ class TrainState(flax.struct.PyTreeNode):
         table_opt_state: ``tables.RowOptState`` of the row RMSprop (None when ``table``
             is empty).
         step: int32 scalar, inner steps done.
-        hyper_step: int32 scalar, hyper steps done (skipped ones included).
+        hyper_count: int32 scalar, hyper steps done (skipped ones included).
         rng: uint32 (2,) raw PRNG key data; step keys are folded in from it.
     """
 
@@ -39,7 +39,7 @@ class TrainState(flax.struct.PyTreeNode):
     table: PyTree
     table_opt_state: PyTree
     step: jax.Array
-    hyper_step: jax.Array
+    hyper_count: jax.Array
     rng: jax.Array
 
 
@@ -98,7 +98,7 @@ def create_train_state(key: jax.Array, cfg: StepConfig, table: tables.Table,
             (``parallel.shard_table``), everything else replicated.
 
     Returns:
-        A :class:`TrainState` with step = hyper_step = 0.
+        A :class:`TrainState` with step = hyper_count = 0.
     """
     if set(table) != cfg.table_keys():
         raise ValueError(f"table has fields {sorted(table)} but cfg learns "
@@ -115,7 +115,7 @@ def create_train_state(key: jax.Array, cfg: StepConfig, table: tables.Table,
         table=dict(table),
         table_opt_state=table_optimizer(cfg).init(table) if table else None,
         step=jnp.zeros((), jnp.int32),
-        hyper_step=jnp.zeros((), jnp.int32),
+        hyper_count=jnp.zeros((), jnp.int32),
         rng=_raw_key(rng_key),
     )
     return place_state(state, mesh) if mesh is not None else state

@@ -12,10 +12,9 @@ from jax import lax
 from jax.sharding import Mesh
 
 from autodo_jax import augment, implicit, losses, tables
-from autodo_jax._src.train.config import (LR_FIELDS, StepConfig,
-                                          hyper_lr_schedule, inner_optimizer,
-                                          lr_schedule, make_solver, model_from_config,
-                                          table_optimizer)
+from autodo_jax._src.train.step_config import (LR_FIELDS, StepConfig, hyper_lr_schedule,
+                                               inner_optimizer, lr_schedule, make_solver,
+                                               model_from_config, table_optimizer)
 from autodo_jax._src.implicit.tree import all_finite
 from autodo_jax._src.train.state import TrainState
 from autodo_jax.models import encode, head_apply
@@ -52,21 +51,19 @@ def _augmented(key: jax.Array, images: jax.Array, rows: Mapping[str, jax.Array],
                            upsample=cfg.upsample)
 
 
-def _per_example_train_loss(logits: jax.Array, labels: jax.Array,
-                            rows: Mapping[str, jax.Array], cfg: StepConfig) -> jax.Array:
-    """(B,) train loss before weighting: KL to the soft labels, or cross-entropy."""
-    if cfg.learn_soft:
-        return losses.soft_label_loss(logits, rows["soft"], symmetric=cfg.symmetric_kl)
-    return losses.cross_entropy(logits, labels)
+def _loss_kwargs(rows: Mapping[str, jax.Array], cfg: StepConfig) -> dict[str, Any]:
+    """The ``losses.train_loss`` arguments of ``cfg`` given the batch's rows (λ_S, λ_W)."""
+    return {"mode": cfg.loss_mode, "soft_logits": rows.get("soft"),
+            "lambda_w": rows.get("weight")}
 
 
-def _weights(rows: Mapping[str, jax.Array], cfg: StepConfig) -> Optional[jax.Array]:
-    return losses.loss_weight(rows["weight"]) if cfg.learn_weight else None
+def _train_loss(logits: jax.Array, labels: jax.Array, rows: Mapping[str, jax.Array],
+                cfg: StepConfig) -> jax.Array:
+    return losses.train_loss(logits, labels=labels, **_loss_kwargs(rows, cfg))
 
 
-def _train_loss(logits, labels, rows, cfg) -> jax.Array:
-    return losses.weighted_mean(_per_example_train_loss(logits, labels, rows, cfg),
-                                _weights(rows, cfg))
+def _weight_mean(rows: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.mean(losses.loss_weight(rows["weight"]))
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -113,7 +110,7 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
         "lr": lr_schedule(cfg)(state.step),
     }
     if cfg.learn_weight:
-        metrics["weight_mean"] = jnp.mean(_weights(rows, cfg))
+        metrics["weight_mean"] = _weight_mean(rows)
     new_state = state.replace(params=optax.apply_updates(state.params, updates),
                               batch_stats=new_stats, opt_state=opt_state,
                               step=state.step + 1)
@@ -129,12 +126,9 @@ def _hypergrad_kwargs(cfg: StepConfig, key: jax.Array, labels: jax.Array) -> dic
                                                                               b["features"]))
         kwargs["output_loss"] = lambda logits, hp, b: _train_loss(logits, labels, hp, cfg)
     elif cfg.curvature == "empirical_fisher":
-        def per_example(head, hp, b):
-            logits = head_apply(head, hp.get("features", b["features"]))
-            per = _per_example_train_loss(logits, labels, hp, cfg)
-            w = _weights(hp, cfg)
-            return per if w is None else per * w
-        kwargs["per_example_loss"] = per_example
+        kwargs["per_example_loss"] = lambda head, hp, b: losses.per_example_train_loss(
+            head_apply(head, hp.get("features", b["features"])), labels=labels,
+            **_loss_kwargs(hp, cfg))
     return kwargs
 
 
@@ -162,7 +156,7 @@ def table_hypergrads(state: TrainState, train_batch: Batch, val_batch: Batch,
         raise ValueError("hyper_step: cfg learns no hyperparameters (learn_aug, "
                          "learn_weight and learn_soft are all False)")
     model = model_from_config(cfg)
-    key = _step_key(state.rng, _HYPER_STREAM, state.hyper_step)
+    key = _step_key(state.rng, _HYPER_STREAM, state.hyper_count)
     labels = train_batch["labels"]
     rows = _rows(state, train_batch["ids"], cfg, mesh)
     params, stats = state.params, state.batch_stats
@@ -191,7 +185,7 @@ def table_hypergrads(state: TrainState, train_batch: Batch, val_batch: Batch,
         return _train_loss(logits, labels, hp, cfg)
 
     def val_loss(head, b):
-        return jnp.mean(losses.cross_entropy(head_apply(head, b["features"]), b["labels"]))
+        return losses.val_loss(head_apply(head, b["features"]), b["labels"])
 
     hp_grads, info = implicit.hypergrad(
         train_loss, val_loss, params["head"], hparams, tb, vb,
@@ -259,9 +253,9 @@ def hyper_step(state: TrainState, train_batch: Batch, val_batch: Batch, cfg: Ste
            for g in LR_FIELDS if getattr(cfg, f"hyper_lr_{g}") is not None},
     }
     if cfg.learn_weight:
-        metrics["weight_mean"] = jnp.mean(_weights(rows, cfg))
+        metrics["weight_mean"] = _weight_mean(rows)
     new_state = state.replace(table=table, table_opt_state=table_opt_state,
-                              hyper_step=state.hyper_step + 1)
+                              hyper_count=state.hyper_count + 1)
     return new_state, metrics
 
 

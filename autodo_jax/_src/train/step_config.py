@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from autodo_jax import implicit, tables
+from autodo_jax import implicit, losses, tables
 from autodo_jax.models import MODEL_NAMES, Classifier, get_model
 
 SOLVERS = ("neumann", "identity", "cg", "nystrom")
@@ -35,7 +35,8 @@ class StepConfig:
             (parameters, optimizer state, features and logits stay float32).
         learn_aug: train on images augmented with the table's λ_A rows ("aug_p", "aug_m").
         shared_aug: λ_A is one shared row (λ^A_SHA) instead of one row per example.
-        learn_weight: weight each example's loss by softplus(λ_W)/ln 2 (table "weight").
+        learn_weight: weight each example's loss by ``losses.loss_weight(λ_W)`` (table
+            "weight").
         learn_soft: train against the table's soft labels λ_S (table "soft") by KL
             instead of cross-entropy against the given labels.
         symmetric_kl: use ½[KL(q‖p) + KL(p‖q)] for the soft-label loss.
@@ -143,6 +144,14 @@ class StepConfig:
     def learns_anything(self) -> bool:
         """True when the method has per-example hyperparameters (a non-empty table)."""
         return self.learn_aug or self.learn_weight or self.learn_soft
+
+    @property
+    def loss_mode(self) -> str:
+        """The per-example train loss, one of ``losses.LOSS_MODES``: "ce" against the given
+        labels, or "kl" / "symmetric_kl" against the learned soft labels."""
+        if not self.learn_soft:
+            return "ce"
+        return "symmetric_kl" if self.symmetric_kl else "kl"
 
     def table_keys(self) -> frozenset[str]:
         """Table fields this configuration reads and learns."""
