@@ -2,6 +2,8 @@
 
 `Config` holds every setting of `experiments.train`; the absl flags of `train.py` are
 generated from its fields, so the flag names, defaults and help text live here only.
+The choices of library settings (models, solvers, curvatures, dtypes, ablations) are the
+library's own name tuples. `step_config(config, ...)` gives the library's `StepConfig`.
 Validation has two stages, both run before anything is written to the workdir:
 
 - `static_errors(config)`: the settings alone (ranges, choices, combinations);
@@ -18,6 +20,9 @@ import json
 import math
 import os
 from typing import Any, Mapping
+
+from autodo_jax import implicit, models, train
+from autodo_jax.data import distortion
 
 # ---------------------------------------------------------------------------------------
 # Methods
@@ -42,13 +47,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "train_plus_val": dict(host="standard", learn="", shared=False, train_on="train+val"),
 }
 
-MODELS = ("lenet", "small_cnn", "mnist_resnet", "resnet18", "wrn28_2", "wrn28_10")
-SOLVERS = ("neumann", "identity", "cg", "nystrom")
-CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
-ABLATIONS = ("none", "overfit", "oversplit")
-TABLE_OPTIMIZERS = ("rmsprop_local", "rmsprop_global")
 TRISTATE = ("auto", "true", "false")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def learns(method: str, field: str) -> bool:
@@ -81,12 +80,12 @@ class Config:
     noise_ratio: float = _f(0.2, "NR in [0, 1): fraction of train labels replaced at random.")
     subsample_ratio: float = _f(1.0, "SR in (0, 1]: fraction of the train pool kept.")
     ablation: str = _f("none", "none | overfit (val batches from test) | oversplit (val = train).",
-                       choices=ABLATIONS)
+                       choices=distortion.ABLATIONS)
     val_size: int = _f(0, "Clean validation examples (0 = the dataset's default).")
     # model and method
-    model: str = _f("small_cnn", "Classifier.", choices=MODELS)
+    model: str = _f("small_cnn", "Classifier.", choices=models.MODEL_NAMES)
     method: str = _f("autodo_aws", "Training method.", choices=tuple(METHODS))
-    compute_dtype: str = _f("float32", "Compute dtype of the model.", choices=DTYPES)
+    compute_dtype: str = _f("float32", "Compute dtype of the model.", choices=train.COMPUTE_DTYPES)
     # inner optimisation
     epochs: int = _f(60, "Training epochs.")
     batch_size: int = _f(32, "Global train batch size.")
@@ -107,15 +106,15 @@ class Config:
     table_optimizer: str = _f(
         "rmsprop_local", "Row optimizer of the tables: rmsprop_local (row-local time: a row's "
         "moment decays per visit, scale-free) | rmsprop_global (the original's dense clock).",
-        choices=TABLE_OPTIMIZERS)
+        choices=train.TABLE_OPTIMIZERS)
     rmsprop_decay: float = _f(0.99, "RMSprop second-moment decay (per row visit for "
                                     "rmsprop_local, per hyper step for rmsprop_global).")
-    solver: str = _f("neumann", "Inverse-curvature solver.", choices=SOLVERS)
+    solver: str = _f("neumann", "Inverse-curvature solver.", choices=train.SOLVERS)
     solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank).")
     neumann_alpha: float = _f(0.01, "Neumann step alpha.")
     neumann_scale: str = _f("ift", "Neumann scale: ift (exact) | original (no alpha prefactor).",
-                            choices=("ift", "original"))
-    curvature: str = _f("hessian", "Curvature of the inner problem.", choices=CURVATURES)
+                            choices=implicit.NEUMANN_SCALES)
+    curvature: str = _f("hessian", "Curvature of the inner problem.", choices=implicit.CURVATURES)
     symmetric_kl: str = _f("auto", "Symmetric KL for soft labels (auto = when IR != 1 or NR > 0).",
                            choices=TRISTATE)
     colour_policy: bool = _f(True, "autodo_* methods: apply the dataset's colour subset policy on the host.")
@@ -162,6 +161,36 @@ def symmetric_kl(config: Config) -> bool:
     if config.symmetric_kl != "auto":
         return config.symmetric_kl == "true"
     return config.imbalance_ratio != 1.0 or config.noise_ratio > 0.0
+
+
+def step_config(config: Config, num_classes: int, steps_per_epoch: int,
+                hyper_steps_per_epoch: int) -> train.StepConfig:
+    """The library ``StepConfig`` of a run (static argument of the jit-compiled steps).
+
+    Schedules: the inner learning rate warms up linearly from lr/10 over
+    ``min(warmup_epochs, epochs)`` epochs, then follows a cosine to lr·1e-3 at the last
+    step. The table learning rate has the same shape over the hyper steps, warming up over
+    the first ``min(warmup_epochs, hyper epochs)`` hyper epochs.
+    """
+    c = config
+    total = c.epochs * steps_per_epoch
+    hyper_epochs = max(c.epochs - c.hyper_start_epoch, 0) if has_hyper_steps(c.method) else 0
+    hyper_total = max(hyper_epochs * hyper_steps_per_epoch, 1)
+    return train.StepConfig(
+        model=c.model, num_classes=int(num_classes), compute_dtype=c.compute_dtype,
+        learn_aug=learns(c.method, "A"), shared_aug=METHODS[c.method]["shared"],
+        learn_weight=learns(c.method, "W"), learn_soft=learns(c.method, "S"),
+        symmetric_kl=symmetric_kl(c), upsample=c.upsample, lr=c.learning_rate,
+        momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay,
+        warmup_steps=int(round(min(c.warmup_epochs, c.epochs) * steps_per_epoch)),
+        total_steps=max(total, 1), hyper_lr=c.hyper_lr,
+        hyper_lr_aug=c.hyper_lr_aug or None, hyper_lr_weight=c.hyper_lr_weight or None,
+        hyper_lr_soft=c.hyper_lr_soft or None, table_optimizer=c.table_optimizer,
+        rmsprop_decay=c.rmsprop_decay,
+        hyper_warmup_steps=int(round(min(c.warmup_epochs, hyper_epochs) * hyper_steps_per_epoch)),
+        hyper_total_steps=hyper_total, solver=c.solver, solver_iters=c.solver_iters,
+        nystrom_rank=c.solver_iters, neumann_alpha=c.neumann_alpha,
+        neumann_scale=c.neumann_scale, curvature=c.curvature)
 
 
 def _number(x: float) -> str:

@@ -26,14 +26,13 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from autodo_jax import parallel
+from autodo_jax import augment, parallel, train
 from autodo_jax.data import pipeline, transforms
 from experiments import artifacts, run_setup, summary as summary_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import Checkpointer
 from experiments.metric_writer import MetricWriter
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
-from experiments.steps import build_steps
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -93,12 +92,27 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def host_table(state: train.TrainState, num_rows: int) -> dict[str, np.ndarray]:
+    """The learned table on the host, padding rows removed: {name: (N|1, ...)}."""
+    out = {}
+    for k, v in jax.device_get(state.table).items():
+        v = np.asarray(v)
+        out[k] = v if v.shape[0] == 1 else v[:num_rows]
+    return out
+
+
 class Trainer:
-    """One run: state, loaders, writers and the epoch loop (used by train_and_evaluate)."""
+    """One run: state, loaders, writers and the epoch loop (used by train_and_evaluate).
+
+    ``step_cfg`` is the library ``StepConfig`` of the run; the loop calls the jit-compiled
+    ``autodo_jax.train`` steps with it and the mesh.
+    """
 
     def __init__(self, config: cfg_lib.Config, workdir: str, data: run_setup.Data, mesh,
-                 pipes: Pipes, steps: Any, log: Callable[[str], None], t_start: float | None = None):
-        self.c, self.workdir, self.data, self.steps, self.log = config, workdir, data, steps, log
+                 pipes: Pipes, step_cfg: train.StepConfig, log: Callable[[str], None],
+                 t_start: float | None = None):
+        self.c, self.workdir, self.data, self.log = config, workdir, data, log
+        self.step_cfg = step_cfg
         self.t_start = time.time() if t_start is None else t_start
         self.mesh, self.pipes = mesh, pipes
         self.is_main = jax.process_index() == 0
@@ -125,7 +139,8 @@ class Trainer:
                                            transform=self.pipes.eval_transform,
                                            process_index=jax.process_index(),
                                            process_count=jax.process_count()):
-            out = jax.device_get(self.steps.evaluate(state, parallel.global_batch(batch, self.mesh)))
+            out = jax.device_get(train.eval_step(state, parallel.global_batch(batch, self.mesh),
+                                                 self.step_cfg))
             preds.append(np.asarray(out["predictions"])[batch["mask"]])
             loss_sum += float(out["loss_sum"])
         pred = np.concatenate(preds)
@@ -148,8 +163,9 @@ class Trainer:
 
         metrics = []
         for _, (tb, vb) in pipeline.prefetched(produce, iter(range(first, first + p.hyper_steps_per_epoch)), 2):
-            state, m = self.steps.hyper(state, parallel.global_batch(tb, self.mesh),
-                                        parallel.global_batch(vb, self.mesh))
+            state, m = train.hyper_step(state, parallel.global_batch(tb, self.mesh),
+                                        parallel.global_batch(vb, self.mesh), self.step_cfg,
+                                        self.mesh)
             metrics.append(m)
             counters["hyper_images"] += self.c.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
@@ -158,7 +174,8 @@ class Trainer:
         metrics = []
         p = self.pipes
         for _, s, batch in p.train.iterate(epoch, 0, p.steps_per_epoch):
-            state, m = self.steps.inner(state, parallel.global_batch(batch, self.mesh))
+            state, m = train.inner_step(state, parallel.global_batch(batch, self.mesh),
+                                        self.step_cfg, self.mesh)
             metrics.append(m)
             counters["train_images"] += self.c.batch_size
             counters["step"] += 1
@@ -184,9 +201,19 @@ class Trainer:
                  f"img/s {ips:.0f} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
 
     # ---------------------------------------------------------------- loop
+    def init_state(self) -> train.TrainState:
+        """A fresh state: model variables (seeded by the run's seed), optimizer states and
+        the method's table for the split's train labels, placed on the mesh."""
+        cfg = self.step_cfg
+        table = train.autodo_table_init(
+            np.asarray(self.data.split.train_labels), cfg.num_classes, aug=cfg.learn_aug,
+            shared_aug=cfg.shared_aug, weight=cfg.learn_weight, soft=cfg.learn_soft)
+        return train.create_train_state(jax.random.key(derive_seed(self.c.seed, 7)), cfg, table,
+                                        tuple(self.data.source.image_shape), mesh=self.mesh)
+
     def run(self) -> dict[str, Any]:
         c = self.c
-        state = self.steps.init_state()
+        state = self.init_state()
         counters = {"epoch": 0, "step": 0, "train_images": 0, "hyper_images": 0,
                     "wall_time_s": 0.0}
         history: list[dict] = []
@@ -215,7 +242,7 @@ class Trainer:
             te = time.time()
             state, tm = self.train_pass(state, epoch, counters, t0)
             rec.update(tm, train_time_s=time.time() - te)
-            self.steps.check_finite(rec, counters["step"])
+            train.check_finite(rec, counters["step"])
             if self.data.has_val:
                 rec.update(self.evaluate(state, "val"))
             rec.update(self.evaluate(state, "test"))
@@ -248,13 +275,13 @@ class Trainer:
     def finish(self, state, history: list[dict], counters: dict) -> dict[str, Any]:
         c, split = self.c, self.data.split
         learned = cfg_lib.METHODS[c.method]["learn"]
-        table = self.steps.table_arrays(state, split.num_train) if learned else None
+        table = host_table(state, split.num_train) if learned else None
         if table is not None and self.is_main:
             artifacts.save_final_table(
                 self.workdir, table, given_labels=split.train_labels,
                 clean_labels=split.train_clean_labels, noisy=split.noisy,
                 train_index=split.train_index, num_classes=split.num_classes, method=c.method,
-                op_names=np.array(self.steps.op_names))
+                op_names=np.array(augment.OP_NAMES))
         out = summary_lib.build_summary(
             history=history, num_classes=split.num_classes, has_val=self.data.has_val,
             table=table, given=split.train_labels, clean=split.train_clean_labels,
@@ -296,9 +323,9 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     run_setup.write_run_files(config, workdir, data)
     mesh = parallel.make_mesh(config.num_devices or None)
     pipes = build_pipes(config, data, mesh.size)
-    steps = build_steps(config, data, mesh, pipes.steps_per_epoch, pipes.hyper_steps_per_epoch,
-                        derive_seed(config.seed, 7))
-    return Trainer(config, workdir, data, mesh, pipes, steps, log, t_start).run()
+    step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
+                                   pipes.hyper_steps_per_epoch)
+    return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()
 
 
 def print_summary(summary: dict[str, Any]) -> None:
