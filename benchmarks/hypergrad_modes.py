@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autodo_jax.implicit import CURVATURES, MODES, cg, hypergrad, identity, neumann, nystrom
+from autodo_jax.losses import cross_entropy, loss_weight
 
 NUM_CLASSES = 10
 
@@ -57,10 +58,6 @@ def head_apply(head, feats):
     return feats @ head["kernel"] + head["bias"]
 
 
-def cross_entropy(logits, labels):
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
-
-
 def make_losses(enc):
     """AutoDO-shaped losses with the encoder frozen (closed over)."""
 
@@ -68,12 +65,10 @@ def make_losses(enc):
         return head_apply(head, encode(enc, batch["images"] + hp["delta"]))
 
     def per_example_loss(head, hp, batch):
-        weight = jax.nn.softplus(hp["w"]) / math.log(2.0)
-        return weight * cross_entropy(train_outputs(head, hp, batch), batch["labels"])
+        return loss_weight(hp["w"]) * cross_entropy(train_outputs(head, hp, batch), batch["labels"])
 
     def output_loss(logits, hp, batch):
-        weight = jax.nn.softplus(hp["w"]) / math.log(2.0)
-        return jnp.mean(weight * cross_entropy(logits, batch["labels"]))
+        return jnp.mean(loss_weight(hp["w"]) * cross_entropy(logits, batch["labels"]))
 
     def train_loss(head, hp, batch):
         return jnp.mean(per_example_loss(head, hp, batch))

@@ -84,9 +84,12 @@ def select(history: Sequence[Mapping[str, Any]], *, has_val: bool = True) -> dic
 
 
 def weight_auc(lambda_w: np.ndarray, noisy: np.ndarray) -> float:
-    """AUC of the learned weights softplus(λ_W)/ln2 for clean (positive) vs noisy rows."""
-    weights = np.logaddexp(0.0, np.asarray(lambda_w, np.float64).reshape(-1)) / np.log(2.0)
-    return auc(weights, ~np.asarray(noisy, bool))
+    """AUC of the learned loss weights for clean (positive) vs noisy rows.
+
+    The weight ``autodo_jax.losses.loss_weight(λ_W)`` is strictly increasing in λ_W and
+    the AUC depends only on the order of the scores, so it is computed on λ_W itself.
+    """
+    return auc(np.asarray(lambda_w, np.float64).reshape(-1), ~np.asarray(noisy, bool))
 
 
 def soft_label_stats(soft_logits: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict[str, float]:

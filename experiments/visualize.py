@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from autodo_jax.losses import loss_weight  # noqa: E402
 from experiments import artifacts  # noqa: E402
 from experiments.metric_writer import read_metrics  # noqa: E402
 from experiments.summary import weight_auc  # noqa: E402
@@ -65,7 +66,7 @@ def plot_curves(workdir: str, path: str) -> str | None:
 def plot_weights(t: dict, path: str) -> str | None:
     if "weight" not in t:
         return None
-    w = np.logaddexp(0.0, t["weight"].astype(np.float64).reshape(-1)) / np.log(2.0)
+    w = np.asarray(loss_weight(t["weight"].reshape(-1)), np.float64)
     noisy = t["noisy"].astype(bool)
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(w.min(), w.max() + 1e-9, 40)
@@ -73,7 +74,7 @@ def plot_weights(t: dict, path: str) -> str | None:
     if noisy.any():
         ax.hist(w[noisy], bins=bins, alpha=0.6, label=f"noisy ({noisy.sum()})", density=True)
     auc = weight_auc(t["weight"], noisy)
-    ax.set(xlabel="learned weight softplus(λ_W)/ln 2", ylabel="density",
+    ax.set(xlabel="learned loss weight w(λ_W)", ylabel="density",
            title=f"loss weights (AUC clean vs noisy = {auc:.3f})")
     ax.legend()
     return _save(fig, path)
