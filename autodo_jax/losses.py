@@ -47,7 +47,8 @@ def _labels(labels, batch: int, num_classes: int) -> jax.Array:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be integer class ids; got dtype {labels.dtype}.")
     if not isinstance(labels, jax.core.Tracer) and labels.size:
-        lo, hi = int(np.min(labels)), int(np.max(labels))
+        host = np.asarray(labels)  # concrete: a closed-over array inside jit is not staged
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}); got range [{lo}, {hi}].")
     return labels

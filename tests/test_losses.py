@@ -132,6 +132,13 @@ def test_weighted_mean_modes_and_validation_loss():
     mask = jnp.asarray([True, False, True, False])
     assert float(losses.val_loss(logits, labels, mask)) == pytest.approx(float(ce[::2].mean()), rel=1e-6)
     assert float(losses.val_loss(logits, labels, jnp.zeros(4, bool))) == 0.0
+    per_w = losses.per_example_train_loss(logits, mode="ce", labels=labels, lambda_w=lam)
+    np.testing.assert_allclose(per_w, losses.loss_weight(lam) * ce, rtol=1e-6)
+    assert float(losses.train_loss(logits, mode="ce", labels=labels, lambda_w=lam)) == \
+        pytest.approx(float(per_w.mean()), rel=1e-6)
+    # labels closed over (concrete) inside jit: checked on the host, not staged
+    np.testing.assert_allclose(jax.jit(lambda x: losses.cross_entropy(x, labels))(logits), ce,
+                               rtol=1e-6)
 
 
 def test_bad_input_raises_clear_errors():
