@@ -76,7 +76,7 @@ def test_hyper_steps_with_padding_equal_single_steps(problem):
     valid = np.array([True, True, False])
     state, metrics = train.hyper_steps(make_state(FULL, labels), _stack(tb), _stack(vb),
                                            valid, FULL)
-    assert int(state.hyper_step) == 2 and int(state.step) == 0
+    assert int(state.hyper_count) == 2 and int(state.step) == 0
     assert_tree_equal(host(state), want_state)
     got = host(metrics)
     assert_tree_equal(jax.tree.map(lambda x: x[:2], got), want_metrics)
