@@ -1,4 +1,5 @@
-"""Data: sources (TFDS, embedded mnist5k), distortion, batches with ids, host policies."""
+"""Data: sources (TFDS, embedded mnist5k, folder:/npz: user data), distortion, batches with ids,
+host policies."""
 from autodo_jax.data.distortion import ABLATIONS
 from autodo_jax.data.distortion import DistortionConfig
 from autodo_jax.data.distortion import load_split
@@ -7,6 +8,8 @@ from autodo_jax.data.distortion import make_split
 from autodo_jax.data.distortion import save_split
 from autodo_jax.data.distortion import Split
 from autodo_jax.data.distortion import split_summary
+from autodo_jax.data.distortion import val_source
+from autodo_jax.data.distortion import with_test_fallback
 from autodo_jax.data.pipeline import BatchLoader
 from autodo_jax.data.pipeline import eval_batches
 from autodo_jax.data.pipeline import eval_test_batches
@@ -21,8 +24,12 @@ from autodo_jax.data.sources import DatasetNotPreparedError
 from autodo_jax.data.sources import DATASETS
 from autodo_jax.data.sources import load_source
 from autodo_jax.data.sources import Source
+from autodo_jax.data.sources import SubsetSplit
 from autodo_jax.data.transforms import allowed_policies
 from autodo_jax.data.transforms import FAMILIES
+from autodo_jax.data.transforms import Family
+from autodo_jax.data.transforms import family_from_images
 from autodo_jax.data.transforms import host_transform
 from autodo_jax.data.transforms import HostTransform
 from autodo_jax.data.transforms import POLICY_NAMES
+from autodo_jax.data.user_sources import UserDataError

@@ -9,6 +9,13 @@ classes (so about 1/C of them keep their true label); (5) the kept examples are 
 seeded random order, so that row shards of the hyperparameter tables are not
 class-sorted. Table row r <-> train example ``train_index[r]``.
 
+A given clean validation split (``Source.val``, user data) replaces step (1): the whole
+train split is the pool and the validation set is ``Source.val`` (``val_from="val"``);
+``val_size`` must then be left unset and ``oversplit`` is refused. SR, IR and NR still apply
+on top, so ``imbalance_ratio=1, noise_ratio=0`` trains on the data as given. For user data
+the "clean" labels of the train rows are the given labels (``Source.truth_known`` False):
+``noisy`` then marks only the labels this module redrew.
+
 Ablations: ``"overfit"``: validation batches come from the whole test split (training data
 as normal); ``"oversplit"``: no validation carve-out; the distorted training set is drawn
 from all train data and validation uses all train data with clean labels (the original
@@ -27,6 +34,8 @@ import zipfile
 from typing import Any
 
 import numpy as np
+
+from autodo_jax.data import sources
 
 ABLATIONS = ("none", "overfit", "oversplit")
 SPLIT_FILENAME = "split.npz"
@@ -103,7 +112,8 @@ class Split:
         noisy: bool (N,) given label != true label (evaluation only).
         val_index: int64 (V,) examples of the ``val_from`` split used for validation.
         val_labels: int32 (V,) their labels (clean).
-        val_from: ``"train"`` or ``"test"``.
+        val_from: ``"train"``, ``"test"`` or ``"val"`` (a given validation split); see
+            :func:`val_source`.
         num_classes: C.
     """
     train_index: np.ndarray
@@ -164,13 +174,23 @@ def make_split(source: Any, config: DistortionConfig) -> Split:
     """
     if not isinstance(config, DistortionConfig):
         raise TypeError(f"config must be a DistortionConfig, got {type(config).__name__}")
+    given_val = getattr(source, "val", None)
+    if given_val is not None and config.ablation == "oversplit":
+        raise ValueError("ablation=oversplit: not allowed when the dataset gives its own "
+                         "validation split (it validates on the train data instead)")
+    if given_val is not None and config.val_size is not None:
+        raise ValueError(f"val_size={config.val_size!r}: not allowed when the dataset gives "
+                         f"its own validation split ({len(given_val)} examples); leave it unset")
+    if config.ablation == "overfit" and source.test is None:
+        raise ValueError("ablation=overfit: validates on the test split, and the dataset "
+                         "has none")
     c = int(source.num_classes)
     clean = np.asarray(source.train.clean_labels, dtype=np.int64)
     given = np.asarray(source.train.labels, dtype=np.int64)
     n_total = clean.size
     r_val, r_sr, r_ir, r_nr, r_order = (
         np.random.default_rng(s) for s in np.random.SeedSequence([config.seed, 0xD15]).spawn(5))
-    if config.ablation == "oversplit":
+    if config.ablation == "oversplit" or given_val is not None:
         pool = np.arange(n_total)
     else:
         v = resolve_val_size(source.val_size if config.val_size is None else config.val_size,
@@ -201,6 +221,9 @@ def make_split(source: Any, config: DistortionConfig) -> Split:
                                            np.asarray(source.test.clean_labels), "test")
     elif config.ablation == "oversplit":
         val_index, val_labels, val_from = np.arange(n_total), clean, "train"
+    elif given_val is not None:
+        val_index, val_labels, val_from = (np.arange(len(given_val)),
+                                           np.asarray(given_val.clean_labels), "val")
     else:
         val_index, val_labels, val_from = val, clean[val], "train"
     return Split(kept.astype(np.int64), labels.astype(np.int32),
@@ -209,12 +232,34 @@ def make_split(source: Any, config: DistortionConfig) -> Split:
                  val_from, c)
 
 
+def val_source(source: Any, split: Split) -> Any:
+    """The split of ``source`` that ``split.val_index`` indexes (by ``split.val_from``)."""
+    data = {"train": source.train, "test": source.test,
+            "val": getattr(source, "val", None)}.get(split.val_from)
+    if data is None:
+        raise ValueError(f"the split validates on {split.val_from!r}, which source "
+                         f"{source.name!r} does not have")
+    return data
+
+
+def with_test_fallback(source: Any, split: Split) -> Any:
+    """``source`` itself if it has a test split; else a copy whose test split is the
+    validation set of ``split`` (``test_from="val"``: a run then reports its test figures
+    on the validation split and says so, see ``Source.notes``)."""
+    if source.test is not None:
+        return source
+    test = sources.SubsetSplit(val_source(source, split), split.val_index)
+    return dataclasses.replace(source, test=test, test_from="val")
+
+
 def _meta(split: Split, config: DistortionConfig, source: Any | None) -> dict[str, Any]:
     meta = {"format": _FORMAT, "config": config.to_dict(), "val_from": split.val_from,
             "num_classes": split.num_classes}
     if source is not None:
         meta["source"] = {"name": source.name, "num_classes": int(source.num_classes),
                           "train_size": len(source.train)}
+        if getattr(source, "fingerprint", ""):
+            meta["source"]["fingerprint"] = source.fingerprint
     return meta
 
 
@@ -260,6 +305,8 @@ def load_split(path: str, config: DistortionConfig, source: Any | None = None) -
                       for f in sorted(set(saved) | set(wanted)) if saved.get(f) != wanted.get(f)]
         else:
             diffs.append(f"{k}: saved {saved!r}, requested {wanted!r}")
+    diffs = [d + " (the dataset's content changed since the split was saved)"
+             if d.startswith("source.fingerprint:") else d for d in diffs]
     if diffs:
         raise ValueError(f"saved split {path!r} does not match the requested settings: "
                          + "; ".join(diffs) + ". Use another workdir or the saved settings.")

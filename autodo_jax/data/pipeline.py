@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from autodo_jax.data.distortion import val_source
 from autodo_jax.data.transforms import host_transform
 
 Batch = dict[str, np.ndarray]
@@ -241,9 +242,9 @@ def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed:
     ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
     ``host_transform("none", source.family)`` (no augmentation); images are decoded
     deterministically (centre crop for ImageNet). Reads the test split for the
-    ``overfit`` ablation.
+    ``overfit`` ablation and a given validation split (user data) where there is one.
     """
-    data = source.test if split.val_from == "test" else source.train
+    data = val_source(source, split)
     return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
                        process_index=process_index, process_count=process_count,
                        prefetch=prefetch, with_ids=False, random_decode=False)
@@ -294,7 +295,7 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
 def eval_val_batches(source: Any, split: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
     """``eval_batches`` over the split's validation set (test split for ``overfit``),
     normalised only; kwargs: process_index, process_count, prefetch."""
-    data = source.test if split.val_from == "test" else source.train
+    data = val_source(source, split)
     return eval_batches(data, split.val_index, split.val_labels, batch_size,
                         transform=host_transform("none", source.family), **kwargs)
 

@@ -1,7 +1,8 @@
 """Dataset sources: uint8 NHWC images and integer labels with random access.
 
 ``load_source(name, data_dir=...)`` returns a :class:`Source` with a ``train`` and a
-``test`` split. Every split is random-access: ``len(split)``, ``split.images(idx)`` (uint8
+``test`` split (and, for user data, maybe a given clean ``val`` split; see
+``user_sources`` for ``folder:PATH`` and ``npz:PATH``). Every split is random-access: ``len(split)``, ``split.images(idx)`` (uint8
 (n, H, W, C)), ``split.labels`` (int64 (len,), the labels a trainer is given) and
 ``split.clean_labels`` (int64 (len,), the true labels; equal to ``labels`` except for the
 real-noise CIFAR-N sets). ``split.train_images(idx, rng)`` is what a train pipeline
@@ -108,6 +109,34 @@ class ArraySplit:
         return self.images(idx)
 
 
+class SubsetSplit:
+    """A view of some examples of another split: example i is ``base``'s ``index[i]``.
+
+    Args:
+        base: a random-access split (``images``, ``train_images``, ``labels``,
+            ``clean_labels``, ``image_shape``).
+        index: int (n,) examples of ``base``.
+    """
+
+    def __init__(self, base: Any, index: Any):
+        self._base = base
+        self._index = _as_index(index, len(base))
+        self.labels = np.asarray(base.labels, dtype=np.int64)[self._index]
+        self.clean_labels = np.asarray(base.clean_labels, dtype=np.int64)[self._index]
+        self.image_shape = tuple(base.image_shape)
+
+    def __len__(self) -> int:
+        return self._index.size
+
+    def images(self, idx: Any) -> np.ndarray:
+        """uint8 (n, H, W, C): ``base.images(index[idx])``."""
+        return self._base.images(self._index[_as_index(idx, len(self))])
+
+    def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
+        """uint8 (n, H, W, C): ``base.train_images(index[idx], rng)``."""
+        return self._base.train_images(self._index[_as_index(idx, len(self))], rng)
+
+
 class _RecordReader:
     """Random access over one or more TFDS data sources laid end to end."""
 
@@ -180,25 +209,60 @@ class TfdsSplit:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A dataset: metadata and its train / test splits.
+    """A dataset: metadata and its train / test (and maybe given val) splits.
 
     Attributes:
         name: dataset name as loaded (``"svhn_cropped+extra"`` when extra is added).
         num_classes: C.
         image_shape: (H, W, C) of the images the splits return.
-        family: preprocessing family (key of ``policies.FAMILIES``).
-        val_size: default clean validation size (int count or float fraction of train).
+        family: preprocessing family: a key of ``transforms.FAMILIES``, or for user data a
+            ``transforms.Family`` computed from its train images.
+        val_size: default clean validation size (int count or float fraction of train);
+            the size of ``val`` when one is given.
         label_key: TFDS feature used as the given train labels.
-        train, test: random-access splits (``ArraySplit`` or ``TfdsSplit``).
+        train, test: random-access splits (``ArraySplit``, ``TfdsSplit`` or
+            ``SubsetSplit``); ``test`` is None for user data without a test set (until
+            ``distortion.with_test_fallback`` puts the validation split in its place).
+        val: a given clean validation split (user data), or None: then the validation
+            split is carved out of ``train`` (``distortion.make_split``).
+        truth_known: whether ``train.clean_labels`` are true labels. False for user data:
+            its train labels are the labels the user was given, maybe noisy, and
+            ``clean_labels`` merely repeats them.
+        class_names: names of classes 0..C-1 where known (user data), else ().
+        fingerprint: content hash of user data ("" for TFDS / embedded data); saved with
+            the split so that a changed dataset is refused on resume.
+        test_from: ``"test"``, or ``"val"`` when ``test`` is the validation split standing
+            in for a missing test set.
     """
     name: str
     num_classes: int
     image_shape: tuple[int, int, int]
-    family: str
+    family: Any
     val_size: int | float
     label_key: str
     train: Any
     test: Any
+    val: Any = None
+    truth_known: bool = True
+    class_names: tuple[str, ...] = ()
+    fingerprint: str = ""
+    test_from: str = "test"
+
+    def notes(self) -> dict[str, str]:
+        """What a run summary must say about this data beyond the numbers (user data:
+        fingerprint, unknown label truth, test set stand-in); {} for TFDS / embedded."""
+        out = {}
+        if self.fingerprint:
+            out["dataset_fingerprint"] = self.fingerprint
+        if not self.truth_known:
+            out["label_truth"] = ("unknown: the given train labels have no known clean "
+                                  "labels, so the noise metrics that need the truth (weight "
+                                  "AUC, soft-label fractions, noisy count) are omitted")
+        if self.test_from == "val":
+            out["test_set"] = ("val: no test set was given; the test_* figures are measured "
+                               "on the clean validation split, which also drives the hyper "
+                               "steps and model selection, so they are not held-out estimates")
+        return out
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
@@ -277,30 +341,55 @@ def _tfds_info(name: str, data_dir: str | None) -> tuple[int, tuple]:
     return int(features["label"].num_classes), tuple(features["image"].shape)
 
 
+def image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` (an int S or a pair (H, W) of ints >= 1) as (H, W).
+
+    Raises:
+        ValueError: anything else.
+    """
+    pair = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
+    try:
+        h, w = pair
+    except (TypeError, ValueError):
+        h = w = None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+               for v in (h, w)):
+        raise ValueError(f"image_size={image_size!r}: allowed is an int >= 1 or a pair "
+                         "(height, width) of them")
+    return int(h), int(w)
+
+
 def load_source(name: str, *, data_dir: str | None = None, label_key: str | None = None,
                 extra: bool = False, in_memory: bool | None = None,
-                image_size: int = IMAGENET_TRAIN_SIZE) -> Source:
+                image_size: int | tuple[int, int] | None = None) -> Source:
     """Loads a dataset's train and test splits.
 
     Args:
-        name: ``"mnist5k"`` (embedded, offline), a key of ``DATASETS`` or any TFDS
-            image-classification name.
+        name: ``"mnist5k"`` (embedded, offline), a key of ``DATASETS``, any TFDS
+            image-classification name, or your own data as ``"folder:PATH"`` /
+            ``"npz:PATH"`` (see ``autodo_jax.data.user_sources``; loaded into memory,
+            ``data_dir`` unused).
         data_dir: TFDS data directory holding prepared array_record files.
         label_key: label feature used as the given train labels (CIFAR-N: one of the noisy
             annotation keys, default ``aggre_label`` / ``noise_label``; the clean ``label``
             stays known as ``clean_labels``). Test labels are always the clean ``label``.
         extra: SVHN only: append the ``extra`` split (531,131 digits) to train.
         in_memory: decode the whole split into a uint8 array once (default: True for
-            fixed-size images, False for variable-size ones such as ImageNet).
-        image_size: output size of variable-size images (random-resized crop for train,
-            resize to size*256/224 then centre crop for test).
+            fixed-size images, False for variable-size ones such as ImageNet; user data is
+            always in memory).
+        image_size: None, S or (H, W). User data: every image is resized (bilinear) to
+            it; None keeps the data's size (which must then be one size). Variable-size
+            TFDS data (ImageNet): the square output size S (random-resized crop for train,
+            resize to S*256/224 then centre crop for test; None = 224). Not allowed for
+            fixed-size TFDS data.
 
     Returns:
         A :class:`Source`.
 
     Raises:
-        ValueError: unknown name, bad label_key, extra on a non-SVHN set, or not an image
-            classification dataset.
+        ValueError: unknown name, bad label_key, extra on a non-SVHN set, not an image
+            classification dataset, a bad image_size, or bad user data (one line naming
+            the file, class or array).
         DatasetNotPreparedError: the TFDS data is not prepared under ``data_dir``.
     """
     if not isinstance(name, str) or not name:
@@ -312,11 +401,25 @@ def load_source(name: str, *, data_dir: str | None = None, label_key: str | None
         raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}; allowed: {keys}")
     if extra and name != "svhn_cropped":
         raise ValueError(f"extra=True is only allowed for 'svhn_cropped', not {name!r}")
+    size = None if image_size is None else image_size_pair(image_size)
+    from autodo_jax.data import user_sources  # lazy: it imports this module
+    if user_sources.parse_dataset(name) is not None:
+        if in_memory is False:
+            raise ValueError(f"in_memory=False: user data ({name!r}) is always in memory")
+        return user_sources.load_user_source(name, image_size=size)
+    if size is not None and name == "mnist5k":
+        raise ValueError(f"image_size={image_size!r}: only for folder:/npz: data and "
+                         "variable-size TFDS datasets, not 'mnist5k'")
     if name == "mnist5k":
         arrays = _mnist5k.load_mnist5k_arrays()
         return Source(name, 10, (28, 28, 1), info.family, info.val_size, "label",
                       ArraySplit(*arrays["train"]), ArraySplit(*arrays["test"]))
     num_classes, shape = _tfds_info(name, data_dir)
+    if size is not None and (None not in shape or size[0] != size[1]):
+        raise ValueError(f"image_size={image_size!r}: for TFDS data only a square size of "
+                         f"variable-size images (such as imagenet2012); {name!r} has "
+                         f"images of shape {shape}")
+    image_size = IMAGENET_TRAIN_SIZE if size is None else size[0]
     if in_memory is None:
         in_memory = None not in shape
     elif in_memory and None in shape:

@@ -39,6 +39,8 @@ class Family:
         erase: torchvision RandomErasing defaults after normalisation.
         randaugment, color_subset: (N, M) of RandAugment and of its colour subset.
         fast_aa, dada: policy names in policies.json, or None where the original has none.
+        name: what error messages call the family (``str(family)``); families built from
+            data (``family_from_images``) have one, the named ``FAMILIES`` are their keys.
     """
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -49,6 +51,10 @@ class Family:
     color_subset: tuple[int, int]
     fast_aa: str | None
     dada: str | None
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.name or repr(self)
 
 
 FAMILIES: dict[str, Family] = {
@@ -64,6 +70,13 @@ FAMILIES: dict[str, Family] = {
                        (2, 9), (2, 9), "fa_resnet50_rimagenet", "dada_resnet50_rimagenet"),
     "generic": Family((0.5,), (0.25,), 0, False, False, (2, 9), (2, 9), None, None),
 }
+
+#: Settings of the family of user data (``family_from_images``): RandAugment and colour
+#: subset (N, M) as the generic family; pad-and-crop of 1/8 of the shorter side.
+USER_RANDAUGMENT = (2, 9)
+USER_CROP_FRACTION = 8
+#: Smallest per-channel std (of [0, 1] pixels) used for normalisation (constant channels).
+MIN_STD = 1e-3
 
 ERASE_P = 0.5
 ERASE_AREA = (0.02, 0.33)
@@ -143,7 +156,39 @@ class HostTransform:
         return x
 
 
-def _family(dataset: str) -> tuple[str, Family]:
+def family_from_images(images: np.ndarray, name: str = "user data") -> Family:
+    """The preprocessing family of user data, computed from its train images.
+
+    Normalisation by the per-channel mean and std of the train set (std floored at
+    ``MIN_STD``); ``crop_flip`` is a random crop zero-padded by round(min(H, W) / 8) pixels
+    (4 at 32 px, 0 below 5 px) without flips (not every dataset is mirror-invariant) and
+    without random erasing; RandAugment and its colour subset use (N, M) = (2, 9) as the
+    generic family; the original has no Fast AutoAugment / DADA policy for it.
+
+    Args:
+        images: uint8 (n, H, W, C) train images, n >= 1.
+        name: what messages call the family.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or not images.shape[0]:
+        raise TypeError(f"images must be uint8 (n>=1, H, W, C), got {images.dtype} {images.shape}")
+    channels = images.shape[-1]
+    total, squares = np.zeros(channels), np.zeros(channels)
+    for start in range(0, images.shape[0], 1024):   # float64 in chunks: bounded memory
+        chunk = images[start:start + 1024].reshape(-1, channels).astype(np.float64) / 255.0
+        total += chunk.sum(0)
+        squares += np.square(chunk).sum(0)
+    count = images.size // channels
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    pad = int(round(min(images.shape[1:3]) / USER_CROP_FRACTION))
+    return Family(tuple(float(m) for m in mean), tuple(float(max(s, MIN_STD)) for s in std),
+                  pad, False, False, USER_RANDAUGMENT, USER_RANDAUGMENT, None, None, name)
+
+
+def _family(dataset: str | Family) -> tuple[str, Family]:
+    if isinstance(dataset, Family):
+        return str(dataset), dataset
     name = DATASETS[dataset].family if dataset in DATASETS else dataset
     if name not in FAMILIES:
         raise ValueError(f"unknown dataset family {dataset!r}: allowed are families "
@@ -176,21 +221,22 @@ _POLICIES: dict[str, Callable[[str, Family], PolicyOp | None]] = {
 POLICY_NAMES = tuple(_POLICIES)
 
 
-def allowed_policies(dataset: str) -> tuple[str, ...]:
-    """Policy names that exist for ``dataset`` (a family or dataset name)."""
+def allowed_policies(dataset: str | Family) -> tuple[str, ...]:
+    """Policy names that exist for ``dataset`` (a family, family name or dataset name)."""
     _, family = _family(dataset)
     missing = {"fast_aa": family.fast_aa is None, "dada": family.dada is None}
     return tuple(p for p in POLICY_NAMES if not missing.get(p, False))
 
 
-def host_transform(policy: str, dataset: str) -> HostTransform:
+def host_transform(policy: str, dataset: str | Family) -> HostTransform:
     """The host transform of ``policy`` (a name in ``POLICY_NAMES``) for ``dataset``.
 
     Args:
         policy: ``none``, ``crop_flip``, ``randaugment``, ``fast_aa``, ``dada``,
             ``color_subset`` or ``trivialaugment``.
-        dataset: a family (``mnist``, ``svhn``, ``cifar10``, ``cifar100``, ``imagenet``,
-            ``generic``) or a known dataset name (``source.family`` works for any source).
+        dataset: a family name (``mnist``, ``svhn``, ``cifar10``, ``cifar100``,
+            ``imagenet``, ``generic``), a known dataset name, or a ``Family`` (user data);
+            ``source.family`` works for any source.
 
     Raises:
         ValueError: unknown policy or dataset, or a policy the original lacks for it.
