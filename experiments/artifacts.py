@@ -7,7 +7,10 @@
     ``aug_p`` (N|1, K), ``aug_m`` (N|1, K) augmentation probability / magnitude logits,
     ``weight`` (N,) loss-weight logits, ``soft`` (N, C) soft-label logits (each only when
     the method learns it); ``given_labels`` (N,), ``clean_labels`` (N,), ``noisy`` (N,)
-    bool, ``train_index`` (N,); scalars ``num_classes``, ``method``; ``op_names`` (K,).
+    bool, ``train_index`` (N,); scalars ``num_classes``, ``method``,
+    ``clean_labels_known`` (False for user data: ``clean_labels`` are then the given labels
+    before synthetic noise and ``noisy`` marks only the synthetically redrawn labels);
+    ``op_names`` (K,).
 """
 from __future__ import annotations
 

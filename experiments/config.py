@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 from autodo_jax import implicit, models, train
@@ -72,10 +73,16 @@ class Config:
     """All settings of one run. Field metadata: `help`, optional `choices`."""
 
     # data
-    dataset: str = _f("mnist5k", "mnist5k (embedded, offline) or a TFDS image-classification name.")
+    dataset: str = _f("mnist5k", "mnist5k (embedded, offline), a TFDS image-classification name, "
+                      "or your own data: folder:PATH (PATH/train/<class>/*.png|jpg, optional "
+                      "val/ (clean) and test/) or npz:PATH (x_train, y_train, optional x_val, "
+                      "y_val, x_test, y_test, class_names).")
     data_dir: str = _f("", "TFDS data directory ('' = TFDS default).")
     label_key: str = _f("", "Label feature of the train labels (CIFAR-N: noisy annotation; '' = default).")
     svhn_extra: bool = _f(False, "svhn_cropped only: add the 531,131 'extra' digits to train.")
+    image_size: str = _f("", "Resize images to H or HxW pixels: folder:/npz: data (any sizes), or "
+                         "the square size of variable-size TFDS data (imagenet2012). '' = keep "
+                         "the data's size (imagenet2012: 224).")
     imbalance_ratio: float = _f(10.0, "IR >= 1: classes C/2..C-1 keep 1/IR as many examples.")
     noise_ratio: float = _f(0.2, "NR in [0, 1): fraction of train labels replaced at random.")
     subsample_ratio: float = _f(1.0, "SR in (0, 1]: fraction of the train pool kept.")
@@ -193,6 +200,32 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
         neumann_scale=c.neumann_scale, curvature=c.curvature)
 
 
+def parse_image_size(text: str) -> tuple[int, int] | None:
+    """``--image_size``: '' -> None, "H" -> (H, H), "HxW" -> (H, W).
+
+    Raises:
+        ValueError: anything else (sizes must be integers >= 1).
+    """
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"image_size={text!r}: allowed: '' (keep the data's size), H or HxW "
+                         "with integers >= 1")
+    return int(parts[0]), int(parts[-1])
+
+
+def _dataset_tag(dataset: str) -> str:
+    """The dataset part of a workdir name: the name itself, or for a path
+    (folder:PATH, npz:PATH) "<kind>-<base name>-<hash of the dataset string>"."""
+    if re.fullmatch(r"[A-Za-z0-9_.+-]+", dataset):
+        return dataset
+    kind, _, path = dataset.partition(":")
+    base = os.path.splitext(os.path.basename(os.path.normpath(path or kind)))[0]
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{kind}-{base}" if path else base)
+    return f"{safe}-{hashlib.sha1(dataset.encode()).hexdigest()[:6]}"
+
+
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -206,8 +239,12 @@ def result_key(config: Config) -> dict[str, Any]:
 
 
 def default_workdir(config: Config) -> str:
-    """./workdirs/<dataset>_<method>_ir<IR>_nr<NR>_s<seed>[_<hash of other non-defaults>]."""
-    name = (f"{config.dataset}_{config.method}_ir{_number(config.imbalance_ratio)}"
+    """./workdirs/<dataset>_<method>_ir<IR>_nr<NR>_s<seed>[_<hash of other non-defaults>].
+
+    A dataset given by path (``folder:PATH``, ``npz:PATH``) is named
+    ``<kind>-<base name>-<short hash of the dataset string>``.
+    """
+    name = (f"{_dataset_tag(config.dataset)}_{config.method}_ir{_number(config.imbalance_ratio)}"
             f"_nr{_number(config.noise_ratio)}_s{config.seed}")
     named = {"dataset", "method", "imbalance_ratio", "noise_ratio", "seed"}
     base = result_key(Config())
@@ -219,8 +256,12 @@ def default_workdir(config: Config) -> str:
 
 
 def config_mismatch(saved: Mapping[str, Any], config: Config) -> list[str]:
-    """Result-relevant fields where a saved config.json differs from `config`."""
+    """Result-relevant fields where a saved config.json differs from `config`.
+
+    A field missing from `saved` (a workdir older than the field) counts as its default.
+    """
     current = result_key(config)
+    saved = {**result_key(Config()), **saved}
     diffs = []
     for key in sorted(set(current) | (set(saved) - set(NON_RESULT_FIELDS))):
         if key in NON_RESULT_FIELDS:
@@ -254,6 +295,10 @@ def static_errors(config: Config) -> list[str]:
     need(0 < c.subsample_ratio <= 1, "subsample_ratio", "allowed: 0 < SR <= 1")
     need(not c.svhn_extra or c.dataset == "svhn_cropped", "svhn_extra",
          "only allowed with --dataset=svhn_cropped")
+    try:
+        parse_image_size(c.image_size)
+    except ValueError as err:
+        errs.append(f"--{err}")
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
     for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",

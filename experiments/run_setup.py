@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from autodo_jax import models
-from autodo_jax.data import distortion, sources, transforms
+from autodo_jax.data import distortion, sources, transforms, user_sources
 from experiments import artifacts
 from experiments import config as cfg_lib
 
@@ -77,7 +77,8 @@ def load_data(config: cfg_lib.Config) -> Data:
     c = config
     try:
         source = sources.load_source(c.dataset, data_dir=c.data_dir or None,
-                                     label_key=c.label_key or None, extra=c.svhn_extra)
+                                     label_key=c.label_key or None, extra=c.svhn_extra,
+                                     image_size=cfg_lib.parse_image_size(c.image_size))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError([f"--dataset={c.dataset}: {' '.join(str(err).split())}"]) from None
     dcfg = distortion_config(c)
@@ -86,6 +87,11 @@ def load_data(config: cfg_lib.Config) -> Data:
     except ValueError as err:
         raise ConfigError([_flag_prefixed(" ".join(str(err).split()), f"--dataset={c.dataset}")]) from None
     train_on = cfg_lib.METHODS[c.method]["train_on"]
+    if source.test is None and train_on != "train":
+        raise ConfigError([f"--method={c.method}: trains on the validation split, and "
+                           f"--dataset={c.dataset} has no test set to evaluate on; add one "
+                           "(test/ or x_test, y_test) or use another method"])
+    source = distortion.with_test_fallback(source, split)
     if train_on == "val":
         index, labels = split.val_index, split.val_labels
     elif train_on == "train+val":
@@ -98,19 +104,25 @@ def load_data(config: cfg_lib.Config) -> Data:
                 has_val)
 
 
-def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int) -> str | None:
-    """Why the model cannot run on these images (traced abstractly), or None."""
+def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
+                    resizable: bool = False) -> str | None:
+    """Why the model cannot run on these images (traced abstractly), or None.
+
+    ``resizable``: the data can be resized by ``--image_size`` (user data); the message then
+    says so.
+    """
     h, w = image_shape[:2]
     minimum = {"resnet18": 32, "wrn28_2": 8, "wrn28_10": 8, "lenet": 16, "mnist_resnet": 8,
                "small_cnn": 4}.get(config.model, 1)
+    hint = "; resize them with --image_size=HxW" if resizable else ""
     if min(h, w) < minimum:
-        return f"needs images of at least {minimum}x{minimum}"
+        return f"needs images of at least {minimum}x{minimum}{hint}"
     try:
         model = models.get_model(config.model, num_classes)
         jax.eval_shape(lambda k: models.init_variables(model, k, tuple(image_shape)),
                        jax.random.key(0))
     except Exception as err:  # noqa: BLE001  any trace failure means the model does not fit
-        return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}{hint}"
     return None
 
 
@@ -155,7 +167,8 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
         config, image_shape=tuple(src.image_shape), num_classes=int(src.num_classes),
         num_train=split.num_train, num_val=int(split.val_index.size), num_test=len(src.test),
         num_devices=jax.device_count(),
-        model_error=model_fit_error(config, tuple(src.image_shape), int(src.num_classes)))
+        model_error=model_fit_error(config, tuple(src.image_shape), int(src.num_classes),
+                                    resizable=user_sources.parse_dataset(config.dataset) is not None))
     if errors:
         raise ConfigError(errors)
     check_workdir(config, workdir)

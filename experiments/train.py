@@ -16,6 +16,8 @@ what is allowed, the exit code is 2, and nothing is written.
   python -m experiments.train --dataset=svhn_cropped --data_dir=~/tensorflow_datasets \
       --model=wrn28_10 --imbalance_ratio=100 --noise_ratio=0.1 --epochs=200 \
       --batch_size=256 --learning_rate=0.005 --hyper_start_epoch=50 --upsample=4
+  python -m experiments.train --dataset=folder:~/my_data --imbalance_ratio=1 \
+      --noise_ratio=0 --image_size=32 --model=resnet18   # your images as given, val/ clean
 """
 from __future__ import annotations
 

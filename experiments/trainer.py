@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from autodo_jax import augment, parallel, train
-from autodo_jax.data import pipeline, transforms
+from autodo_jax.data import distortion, pipeline, transforms
 from experiments import artifacts, run_setup, summary as summary_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import Checkpointer
@@ -125,7 +125,7 @@ class Trainer:
         if which == "test":
             index, labels, data = np.arange(len(src.test)), src.test.clean_labels, src.test
         else:
-            data = src.test if split.val_from == "test" else src.train
+            data = distortion.val_source(src, split)
             index, labels = split.val_index, split.val_labels
         if self.c.eval_limit and self.c.eval_limit < len(index):
             keep = np.sort(np.random.default_rng(0).permutation(len(index))[: self.c.eval_limit])
@@ -273,25 +273,27 @@ class Trainer:
         return out
 
     def finish(self, state, history: list[dict], counters: dict) -> dict[str, Any]:
-        c, split = self.c, self.data.split
+        c, split, src = self.c, self.data.split, self.data.source
         learned = cfg_lib.METHODS[c.method]["learn"]
         table = host_table(state, split.num_train) if learned else None
         if table is not None and self.is_main:
             artifacts.save_final_table(
                 self.workdir, table, given_labels=split.train_labels,
                 clean_labels=split.train_clean_labels, noisy=split.noisy,
+                clean_labels_known=src.truth_known,
                 train_index=split.train_index, num_classes=split.num_classes, method=c.method,
                 op_names=np.array(augment.OP_NAMES))
         out = summary_lib.build_summary(
             history=history, num_classes=split.num_classes, has_val=self.data.has_val,
-            table=table, given=split.train_labels, clean=split.train_clean_labels,
+            table=table, given=split.train_labels,
+            clean=split.train_clean_labels if src.truth_known else None,
             learned=learned, wall_time_s=counters["wall_time_s"],
             train_images=counters["train_images"], hyper_images=counters["hyper_images"],
             extra={"method": c.method, "dataset": c.dataset, "model": c.model,
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
                    "num_devices": int(self.mesh.size), "epochs": c.epochs,
-                   "workdir": os.path.abspath(self.workdir)})
+                   "workdir": os.path.abspath(self.workdir), **src.notes()})
         if self.is_main:
             artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
         return out
@@ -320,6 +322,8 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     t_start = time.time()
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
     data = run_setup.prepare(config, workdir)
+    for key, note in data.source.notes().items():
+        log(f"{key}: {note}")
     run_setup.write_run_files(config, workdir, data)
     mesh = parallel.make_mesh(config.num_devices or None)
     pipes = build_pipes(config, data, mesh.size)
