@@ -25,10 +25,9 @@ from autodo_jax.losses import (cross_entropy, loss_weight, soft_label_init,
 from autodo_jax.models import MODEL_NAMES, encode, get_model, head_apply, init_variables
 from autodo_jax.reweight import (l2rw_value_and_grad, l2rw_weights, lookahead, mwn_apply,
                                  mwn_init, mwn_meta_grad, mwn_value_and_grad)
-from autodo_jax.parallel import (ShardLocalSampler, data_sharding, global_batch, make_mesh,
-                                 maybe_initialize_distributed, padded_num_rows,
-                                 replicated_sharding, restore_tables, save_tables,
-                                 shard_table)
+from autodo_jax.parallel import (ShardLocalSampler, data_sharding, fetch, global_batch,
+                                 host_shards, make_mesh, maybe_initialize_distributed,
+                                 padded_num_rows, replicated_sharding, shard_table)
 from autodo_jax.tables import (RowOptState, RowOptimizer, apply_rows, gather, init_table,
                                row_adam, row_rmsprop, row_rmsprop_local, row_sgd)
 from autodo_jax.train import (StepConfig, TrainState, autodo_table_init, check_finite,
@@ -48,7 +47,7 @@ __all__ = [
     "init_table", "gather", "apply_rows", "row_rmsprop", "row_rmsprop_local", "row_adam", "row_sgd",
     "RowOptState", "RowOptimizer", "make_mesh", "maybe_initialize_distributed",
     "data_sharding", "replicated_sharding", "padded_num_rows", "shard_table",
-    "ShardLocalSampler", "global_batch", "save_tables", "restore_tables",
+    "ShardLocalSampler", "global_batch", "host_shards", "fetch",
     # augmentation and losses
     "sample_ops", "affine_matrices", "warp", "OP_NAMES", "NUM_OPS", "loss_weight",
     "soft_label_init", "cross_entropy", "soft_label_loss", "weighted_mean",

@@ -8,13 +8,19 @@ Synopsis::
     opt = row_rmsprop(schedule); opt_state = opt.init(table)
     sampler = ShardLocalSampler(num_rows, mesh.size, global_batch_size=256, seed=0)
     ids = sampler.batch_ids(epoch, step)      # device d's slice only holds rows of shard d
-    batch = global_batch({"ids": ids, ...}, mesh)        # sharded P("data")
+    rows = np.concatenate([ids[r] for _, r in host_shards(mesh, ids.size)])  # this process's part
+    batch = global_batch({"ids": rows, ...}, mesh)       # sharded P("data")
     rows = gather(table, batch["ids"], mesh=mesh)
     table, opt_state = apply_rows(opt, table, opt_state, batch["ids"], grads, mesh=mesh)
 
 Row r of a padded table lives on device ``r // (N_padded / devices)``; padding rows are
 appended at the end (rows N .. N_padded-1), hold zeros and are never sampled.
-Table checkpoints (Orbax): ``save_tables`` / ``restore_tables``.
+
+Several processes (multi-host): the mesh spans every process's devices. Each process
+loads only the blocks of a global batch that its own devices hold (``host_shards``, the
+one slicing rule, read off the mesh, so any device order works) and ``global_batch``
+places them; ``fetch`` brings arrays to every host (``process_allgather`` where a leaf
+spans other processes' devices).
 """
 from __future__ import annotations
 
@@ -23,24 +29,23 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import orbax.checkpoint as ocp
-
-from autodo_jax.tables import DATA_AXIS, RowOptState, Table, num_table_rows, shared_keys
+from autodo_jax.tables import DATA_AXIS, Table, num_table_rows, shared_keys
 
 __all__ = [
     "ShardLocalSampler",
+    "barrier",
     "data_sharding",
+    "fetch",
     "global_batch",
+    "host_shards",
     "make_mesh",
     "maybe_initialize_distributed",
     "padded_num_rows",
-    "process_batch_slice",
     "replicated_sharding",
-    "restore_tables",
     "row_shardings",
-    "save_tables",
     "shard_table",
 ]
 
@@ -127,30 +132,92 @@ def shard_table(table: Table, mesh: Mesh) -> Table:
     return out
 
 
-def process_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:
-    """The rows of a global batch that belong to this process's devices (all of them on a
-    single host); use it to cut host-local data for :func:`global_batch`."""
-    index_map = data_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    starts = sorted(idx[0].indices(global_batch_size)[:2] for idx in index_map.values())
-    lo, hi = starts[0][0], starts[-1][1]
-    if sum(b - a for a, b in set(starts)) != hi - lo:
-        raise ValueError("mesh: this process's devices do not hold one contiguous block of the batch")
-    return slice(lo, hi)
+def _local_data_positions(mesh: Mesh) -> list[int]:
+    """Data-axis positions of this process's devices in ``mesh`` (sorted, distinct)."""
+    axis = mesh.axis_names.index(DATA_AXIS)
+    me = jax.process_index()
+    return sorted({pos[axis] for pos, d in np.ndenumerate(mesh.devices) if d.process_index == me})
+
+
+def host_shards(mesh: Mesh, global_size: int) -> tuple[tuple[int, slice], ...]:
+    """The blocks of a ``P("data")``-sharded global batch that this process's devices hold.
+
+    The one slicing rule of the package: loaders read exactly these rows, and
+    :func:`global_batch` expects its host data to be their concatenation in this order.
+    Read off the mesh, so it holds for any device order (processes need not own one
+    contiguous range of the batch).
+
+    Args:
+      mesh: mesh with axis ``"data"`` (may span several processes).
+      global_size: global leading size B, a multiple of the data-axis size n.
+
+    Returns:
+      ``((shard, rows), ...)`` sorted by ``shard``, the block's position on the data axis;
+      ``rows = slice(shard * B/n, (shard + 1) * B/n)``. One process: all n blocks.
+
+    Raises:
+      ValueError: if ``global_size`` is not a multiple of the data-axis size.
+    """
+    n = mesh.shape[DATA_AXIS]
+    if global_size < 0 or global_size % n:
+        raise ValueError(f"global batch size {global_size} is not a multiple of the {n} "
+                         "devices of the data axis")
+    per = global_size // n
+    return tuple((k, slice(k * per, (k + 1) * per)) for k in _local_data_positions(mesh))
 
 
 def global_batch(host_batch_tree: Any, mesh: Mesh) -> Any:
-    """Assembles per-process host data into global arrays sharded ``P("data")`` on axis 0.
+    """Assembles this process's blocks of a batch into global arrays sharded ``P("data")``.
 
     Args:
-      host_batch_tree: pytree of arrays with this process's part of the batch on axis 0
-        (the whole batch on a single host; see :func:`process_batch_slice`).
+      host_batch_tree: pytree of arrays whose axis 0 is the concatenation of this
+        process's blocks of the global batch in :func:`host_shards` order (the whole batch
+        on a single host).
       mesh: mesh with axis ``"data"``.
 
     Returns:
-      The same pytree of ``jax.Array`` with global leading size = sum over processes.
+      The same pytree of ``jax.Array``; global leading size = local size x n / (blocks
+      held here).
     """
     sharding = data_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch_tree)
+    positions = _local_data_positions(mesh)
+    n = mesh.shape[DATA_AXIS]
+
+    def one(x):
+        x = np.asarray(x)
+        if x.shape[0] % len(positions):
+            raise ValueError(f"host batch of {x.shape[0]} rows does not split into the "
+                             f"{len(positions)} blocks of this process")
+        per = x.shape[0] // len(positions)
+        shape = (per * n,) + x.shape[1:]
+        offset = {rows.start: i * per for i, (_, rows) in enumerate(host_shards(mesh, shape[0]))}
+        pieces = [jax.device_put(x[offset[idx[0].start or 0]:][:per], d)
+                  for d, idx in sharding.addressable_devices_indices_map(shape).items()]
+        return jax.make_array_from_single_device_arrays(shape, sharding, pieces)
+
+    return jax.tree.map(one, host_batch_tree)
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier ``name`` (no-op on one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def fetch(tree: Any) -> Any:
+    """Host (NumPy) copies of every leaf, the same on every process.
+
+    Leaves that this process can read whole (single process, or replicated) are copied;
+    leaves sharded over other processes' devices are gathered with
+    ``multihost_utils.process_allgather`` (a collective: every process must call
+    ``fetch`` on the same tree).
+    """
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
 
 
 class ShardLocalSampler:
@@ -230,107 +297,3 @@ def row_shardings(tree: Any, mesh: Mesh, num_rows: int) -> Any:
         return data_sharding(mesh) if rows else replicated_sharding(mesh)
 
     return jax.tree.map(pick, tree)
-
-
-def save_tables(path: str | os.PathLike, table: Table, opt_state: RowOptState, *, force: bool = False) -> None:
-    """Saves ``{"table": table, "opt_state": opt_state}`` with Orbax and waits for it.
-
-    The write goes to a temporary directory committed by rename (Orbax's atomic save), so
-    an interrupted save never leaves a half-written checkpoint at ``path``.
-
-    Args:
-      path: checkpoint directory (must not exist unless ``force``).
-      table: ``{name: (N, ...) | (1, ...)}``, any sharding.
-      opt_state: the table's :class:`RowOptState`.
-      force: overwrite an existing checkpoint at ``path``.
-    """
-    path = os.path.abspath(os.fspath(path))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, {"table": table, "opt_state": opt_state}, force=force)
-        ckptr.wait_until_finished()
-
-
-def _compare(saved: Any, expected: Any, n_saved: int, n_expected: int, num_rows: Optional[int]):
-    """(errors, keys whose row count differs only by padding) between checkpoint metadata
-    and the expected tree; both trees are flattened with paths."""
-    flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
-    flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    errors, repad = [], set()
-    for key in sorted(set(flat_saved) | set(flat_expected), key=str):
-        name = jax.tree_util.keystr(key)
-        if key not in flat_saved or key not in flat_expected:
-            errors.append(f"{name}: {'missing in checkpoint' if key not in flat_saved else 'not expected'}")
-            continue
-        got, want = tuple(flat_saved[key].shape), tuple(np.shape(flat_expected[key]))
-        if got == want:
-            continue
-        padding_only = (
-            num_rows is not None and got[1:] == want[1:] and (got[0], want[0]) == (n_saved, n_expected)
-            and min(n_saved, n_expected) >= num_rows
-        )
-        if padding_only:
-            repad.add(key)
-        else:
-            errors.append(f"{name}: checkpoint {got} != expected {want}")
-    return errors, repad
-
-
-def restore_tables(
-    path: str | os.PathLike,
-    like_table: Table,
-    like_opt_state: RowOptState,
-    mesh: Optional[Mesh] = None,
-    *,
-    num_rows: Optional[int] = None,
-) -> tuple[Table, RowOptState]:
-    """Restores a :func:`save_tables` checkpoint, resharding onto ``mesh``.
-
-    Args:
-      path: checkpoint directory.
-      like_table: table (arrays or ``jax.ShapeDtypeStruct``) with the expected structure,
-        shapes (padded N of the *new* mesh) and dtypes.
-      like_opt_state: the matching optimizer state (or its abstract shape).
-      mesh: target mesh; rows are placed ``P("data")``, the rest replicated. ``None``:
-        the like leaves' own shardings, else the first device.
-      num_rows: the real N. When given, the checkpoint's padded N may differ from the
-        expected one (another device count): rows ``>= num_rows`` are padding and are
-        re-padded with zeros. Those leaves are read whole onto one device per process
-        first. Without it, shapes must match exactly.
-
-    Returns:
-      ``(table, opt_state)`` as new arrays.
-
-    Raises:
-      ValueError: when the checkpoint's structure or any leaf shape differs from the
-        expected one (beyond padding, with ``num_rows``); nothing is read then, and the
-        caller's arrays and the checkpoint are unchanged.
-    """
-    path = os.path.abspath(os.fspath(path))
-    like = {"table": like_table, "opt_state": like_opt_state._asdict()}  # as stored on disk
-    n_expected = num_table_rows(like_table)
-    first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if mesh is not None:
-        shardings = row_shardings(like, mesh, n_expected)
-    else:
-        shardings = jax.tree.map(lambda x: getattr(x, "sharding", None) or first, like)
-    with ocp.StandardCheckpointer() as ckptr:
-        saved = ckptr.metadata(path).item_metadata.tree
-        n_saved = num_table_rows(saved["table"]) if isinstance(saved, dict) and "table" in saved else -1
-        errors, repad = _compare(saved, like, n_saved, n_expected, num_rows)
-        if errors:
-            raise ValueError(f"restore_tables({path}): checkpoint does not match the expected tables: " + "; ".join(errors))
-        flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-        flat_shardings = treedef.flatten_up_to(shardings)
-        abstract = [
-            jax.ShapeDtypeStruct((n_saved,) + np.shape(x)[1:], x.dtype, sharding=first) if key in repad
-            else jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
-            for (key, x), sh in zip(flat, flat_shardings)
-        ]
-        leaves = treedef.flatten_up_to(ckptr.restore(path, treedef.unflatten(abstract)))
-    for i, ((key, x), sh) in enumerate(zip(flat, flat_shardings)):
-        if key in repad:
-            host = np.asarray(leaves[i])[:num_rows]
-            pad = [(0, n_expected - num_rows)] + [(0, 0)] * (host.ndim - 1)
-            leaves[i] = _put(np.pad(host, pad), sh)
-    restored = treedef.unflatten(leaves)
-    return restored["table"], RowOptState(**restored["opt_state"])

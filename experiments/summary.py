@@ -42,22 +42,24 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C,) accuracy of each class (nan for a class without examples)."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    correct = np.bincount(labels, weights=(predictions == labels), minlength=num_classes)
-    count = np.bincount(labels, minlength=num_classes)
+def per_class_accuracy(correct: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(C,) accuracy of each class from per-class counts (nan for a class without examples).
+
+    Args:
+      correct: (C,) correctly classified examples of each (true) class.
+      count: (C,) examples of each class.
+    """
+    correct, count = np.asarray(correct, np.float64), np.asarray(count)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, correct / np.maximum(count, 1), np.nan)
 
 
-def minority_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Accuracy over the examples of classes C/2..C-1 (those shrunk by the imbalance)."""
-    labels = np.asarray(labels)
-    mask = labels >= num_classes // 2
-    if not mask.any():
-        return float("nan")
-    return float(np.mean(np.asarray(predictions)[mask] == labels[mask]))
+def minority_accuracy(correct: np.ndarray, count: np.ndarray) -> float:
+    """Accuracy over the examples of classes C/2..C-1 (those shrunk by the imbalance),
+    from (C,) per-class counts as for :func:`per_class_accuracy`."""
+    c = len(count)
+    n = int(np.sum(np.asarray(count)[c // 2:]))
+    return float(np.sum(np.asarray(correct)[c // 2:]) / n) if n else float("nan")
 
 
 def select(history: Sequence[Mapping[str, Any]], *, has_val: bool = True) -> dict[str, Any]:

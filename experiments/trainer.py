@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from autodo_jax import augment, parallel, train
-from autodo_jax.data import distortion, pipeline, transforms
+from autodo_jax.data import pipeline, transforms
 from experiments import artifacts, run_setup, summary as summary_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import Checkpointer
@@ -53,29 +53,32 @@ class Pipes:
     eval_transform: Any
 
 
-def build_pipes(config: cfg_lib.Config, data: run_setup.Data, num_shards: int) -> Pipes:
+def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
+    """Loaders of this process: each loads only the blocks of a global batch that its
+    devices hold (``parallel.host_shards``)."""
     c, src, split = config, data.source, data.split
-    pi, pc = jax.process_index(), jax.process_count()
+    num_shards = mesh.size
     cap = c.max_steps_per_epoch or None
     train_tf = transforms.host_transform(run_setup.host_policy(c), src.family)
     eval_tf = transforms.host_transform("none", src.family)
     sampler = parallel.ShardLocalSampler(len(data.train_index), num_shards, c.batch_size,
                                          derive_seed(c.seed, 1))
     train = pipeline.BatchLoader(src.train, data.train_index, data.train_labels, sampler,
-                                 train_tf, seed=derive_seed(c.seed, 2), process_index=pi,
-                                 process_count=pc)
+                                 train_tf, seed=derive_seed(c.seed, 2),
+                                 shards=parallel.host_shards(mesh, c.batch_size))
     spe = min(sampler.steps_per_epoch, cap or sampler.steps_per_epoch)
     hyper_train = hyper_val = None
     hspe = 0
     if cfg_lib.has_hyper_steps(c.method):
         hs = parallel.ShardLocalSampler(split.num_train, num_shards, c.hyper_batch_size,
                                         derive_seed(c.seed, 3))
+        hyper_shards = parallel.host_shards(mesh, c.hyper_batch_size)
         hyper_train = pipeline.TrainLoader(src, split, hs, train_tf, derive_seed(c.seed, 4),
-                                           process_index=pi, process_count=pc)
+                                           shards=hyper_shards)
         vs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards,
                                         c.hyper_batch_size, derive_seed(c.seed, 5))
         hyper_val = pipeline.ValLoader(src, split, vs, eval_tf, derive_seed(c.seed, 6),
-                                       process_index=pi, process_count=pc)
+                                       shards=hyper_shards)
         hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
         hspe = min(hspe, cap or hspe)
     return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf)
@@ -93,9 +96,10 @@ def _fmt_time(s: float) -> str:
 
 
 def host_table(state: train.TrainState, num_rows: int) -> dict[str, np.ndarray]:
-    """The learned table on the host, padding rows removed: {name: (N|1, ...)}."""
+    """The learned table on every host (gathered across processes: a collective), padding
+    rows removed: {name: (N|1, ...)}."""
     out = {}
-    for k, v in jax.device_get(state.table).items():
+    for k, v in parallel.fetch(state.table).items():
         v = np.asarray(v)
         out[k] = v if v.shape[0] == 1 else v[:num_rows]
     return out
@@ -120,36 +124,27 @@ class Trainer:
         self.hyper = cfg_lib.has_hyper_steps(config.method)
 
     # ---------------------------------------------------------------- evaluation
-    def _eval_set(self, which: str) -> tuple[Any, np.ndarray, np.ndarray]:
-        src, split = self.data.source, self.data.split
-        if which == "test":
-            index, labels, data = np.arange(len(src.test)), src.test.clean_labels, src.test
-        else:
-            data = distortion.val_source(src, split)
-            index, labels = split.val_index, split.val_labels
-        if self.c.eval_limit and self.c.eval_limit < len(index):
-            keep = np.sort(np.random.default_rng(0).permutation(len(index))[: self.c.eval_limit])
-            index, labels = np.asarray(index)[keep], np.asarray(labels)[keep]
-        return data, np.asarray(index), np.asarray(labels)
-
     def evaluate(self, state, which: str) -> dict[str, Any]:
-        data, index, labels = self._eval_set(which)
-        preds, loss_sum = [], 0.0
+        """Accuracy and loss on the validation or test set. Every process evaluates its
+        blocks of each batch; the counts are reductions inside the eval step, read on
+        every process (``parallel.fetch``)."""
+        data, index, labels = pipeline.eval_set(self.data.source, self.data.split, which,
+                                                self.c.eval_limit)
+        outs = []
+        shards = parallel.host_shards(self.mesh, self.c.eval_batch_size)
         for batch in pipeline.eval_batches(data, index, labels, self.c.eval_batch_size,
-                                           transform=self.pipes.eval_transform,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count()):
-            out = jax.device_get(train.eval_step(state, parallel.global_batch(batch, self.mesh),
-                                                 self.step_cfg))
-            preds.append(np.asarray(out["predictions"])[batch["mask"]])
-            loss_sum += float(out["loss_sum"])
-        pred = np.concatenate(preds)
-        loss = loss_sum / max(len(pred), 1)
-        c = int(self.data.source.num_classes)
-        out = {f"{which}_accuracy": float(np.mean(pred == labels)), f"{which}_loss": loss}
+                                           transform=self.pipes.eval_transform, shards=shards):
+            out = train.eval_step(state, parallel.global_batch(batch, self.mesh), self.step_cfg)
+            outs.append({k: out[k] for k in ("loss_sum", "correct_per_class", "count_per_class")})
+        host = parallel.fetch(outs)
+        correct = np.sum([o["correct_per_class"] for o in host], axis=0)
+        count = np.sum([o["count_per_class"] for o in host], axis=0)
+        loss_sum = sum(float(o["loss_sum"]) for o in host)
+        out = {f"{which}_accuracy": float(correct.sum() / max(count.sum(), 1)),
+               f"{which}_loss": loss_sum / max(int(count.sum()), 1)}
         if which == "test":
-            out["test_per_class"] = summary_lib.per_class_accuracy(pred, labels, c).tolist()
-            out["test_minority_accuracy"] = summary_lib.minority_accuracy(pred, labels, c)
+            out["test_per_class"] = summary_lib.per_class_accuracy(correct, count).tolist()
+            out["test_minority_accuracy"] = summary_lib.minority_accuracy(correct, count)
         return out
 
     # ---------------------------------------------------------------- passes
@@ -325,8 +320,9 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     for key, note in data.source.notes().items():
         log(f"{key}: {note}")
     run_setup.write_run_files(config, workdir, data)
+    parallel.barrier("autodo_jax:run_files")  # process 0 wrote them; all read them next
     mesh = parallel.make_mesh(config.num_devices or None)
-    pipes = build_pipes(config, data, mesh.size)
+    pipes = build_pipes(config, data, mesh)
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
     return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()

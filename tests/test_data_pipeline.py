@@ -60,19 +60,29 @@ def test_position_is_pure_and_resume_matches(mnist):
     assert steps == [spe - 2, spe - 1]
 
 
-def test_per_host_slices(mnist):
-    full = _loader(mnist, policy="none", batch=32)
-    parts = [_loader(mnist, policy="none", batch=32, process_index=i, process_count=4)
-             for i in range(4)]
-    whole = full.batch(1, 2)
+def _blocks(num_blocks, batch, keep):
+    per = batch // num_blocks
+    return [(k, slice(k * per, (k + 1) * per)) for k in keep]
+
+
+def test_per_process_blocks_equal_the_whole_batch(mnist):
+    """Two "processes" holding blocks {0,1,2,3} and {4,5,6,7} of 8 (and one holding the odd
+    blocks) load exactly their rows of what one process holding all 8 loads, random
+    augmentation included: a batch does not depend on how devices are spread."""
+    whole = _loader(mnist, batch=32, shards=_blocks(8, 32, range(8))).batch(1, 2)
+    halves = [_loader(mnist, batch=32, shards=_blocks(8, 32, keep)).batch(1, 2)
+              for keep in (range(4), range(4, 8))]
+    odd = _loader(mnist, batch=32, shards=_blocks(8, 32, (1, 3, 5, 7))).batch(1, 2)
     for key in whole:
-        np.testing.assert_array_equal(np.concatenate([p.batch(1, 2)[key] for p in parts]),
-                                      whole[key])
-    assert parts[0].batch(1, 2)["images"].shape[0] == 8
-    with pytest.raises(ValueError, match="divisible by process_count=3"):
-        _loader(mnist, batch=32, process_index=0, process_count=3).batch(0, 0)
-    with pytest.raises(ValueError, match="process_index"):
-        _loader(mnist, process_index=4, process_count=4)
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+        np.testing.assert_array_equal(odd[key], whole[key].reshape(8, 4, *whole[key].shape[1:])
+                                      [1::2].reshape(-1, *whole[key].shape[1:]))
+    assert halves[0]["images"].shape[0] == 16
+    one_block = _loader(mnist, batch=32).batch(1, 2)  # one block: another random stream
+    np.testing.assert_array_equal(one_block["ids"], whole["ids"])
+    assert not np.array_equal(one_block["images"], whole["images"])
+    with pytest.raises(ValueError, match="do not fit"):
+        _loader(mnist, batch=32, shards=_blocks(4, 64, [3])).batch(0, 0)
 
 
 def test_prefetch_propagates_errors_and_stops():
@@ -103,9 +113,11 @@ def test_eval_batches_padding_and_hosts(mnist):
     np.testing.assert_array_equal(batches[2]["images"][6:], np.repeat(batches[0]["images"][:1],
                                                                        26, axis=0))
     halves = [list(pipeline.eval_batches(src.test, index, labels, 32, transform=tf,
-                                         process_index=i, process_count=2)) for i in range(2)]
-    np.testing.assert_array_equal(np.concatenate([halves[0][2]["mask"], halves[1][2]["mask"]]),
-                                  batches[2]["mask"])
+                                         shards=_blocks(4, 32, keep)))
+              for keep in ((0, 1), (2, 3))]
+    for key in batches[2]:
+        np.testing.assert_array_equal(np.concatenate([halves[0][2][key], halves[1][2][key]]),
+                                      batches[2][key])
     with pytest.raises(ValueError, match="batch_size"):
         list(pipeline.eval_batches(src.test, index, labels, 0, transform=tf))
 
@@ -134,14 +146,23 @@ def test_bad_loader_arguments(mnist):
         _loader(mnist, prefetch=-1)
 
 
-def test_eval_helpers_and_next_position(mnist):
+def test_eval_sets_and_next_position(mnist):
     src, split = mnist
-    val = list(pipeline.eval_val_batches(src, split, 128))
+    tf = transforms.host_transform("none", src.family)
+    data, index, labels = pipeline.eval_set(src, split, "val")
+    assert data is src.train
+    val = list(pipeline.eval_batches(data, index, labels, 128, transform=tf))
     assert sum(b["mask"].sum() for b in val) == 500
     np.testing.assert_array_equal(np.concatenate([b["labels"][b["mask"]] for b in val]),
                                   split.val_labels)
-    test = list(pipeline.eval_test_batches(src, 256, prefetch=0))
+    data, index, labels = pipeline.eval_set(src, split, "test")
+    test = list(pipeline.eval_batches(data, index, labels, 256, transform=tf, prefetch=0))
     assert len(test) == 4 and sum(b["mask"].sum() for b in test) == 1000
+    data, index, labels = pipeline.eval_set(src, split, "test", limit=100)
+    assert index.size == 100 and np.all(np.diff(index) > 0)
+    np.testing.assert_array_equal(labels, src.test.clean_labels[index])
+    with pytest.raises(ValueError, match="which"):
+        pipeline.eval_set(src, split, "train")
     loader = _loader(mnist)
     spe = loader.steps_per_epoch
     assert loader.next_position(3, spe - 1) == (4, 0) and loader.next_position(3, 0) == (3, 1)

@@ -100,9 +100,12 @@ def test_auc_matches_pairwise_count():
 def test_accuracies_and_selection():
     labels = np.array([0, 0, 1, 2, 3, 3])
     preds = np.array([0, 1, 1, 2, 0, 3])
-    np.testing.assert_allclose(summary.per_class_accuracy(preds, labels, 5)[:4], [0.5, 1, 1, 0.5])
-    assert np.isnan(summary.per_class_accuracy(preds, labels, 5)[4])
-    assert summary.minority_accuracy(preds, labels, 4) == pytest.approx(2 / 3)
+    correct = np.bincount(labels, weights=preds == labels, minlength=5)
+    count = np.bincount(labels, minlength=5)
+    np.testing.assert_allclose(summary.per_class_accuracy(correct, count)[:4], [0.5, 1, 1, 0.5])
+    assert np.isnan(summary.per_class_accuracy(correct, count)[4])
+    assert summary.minority_accuracy(correct[:4], count[:4]) == pytest.approx(2 / 3)
+    assert np.isnan(summary.minority_accuracy(correct[:2], count[:2] * 0))
     hist = [dict(epoch=1, val_accuracy=0.5, test_accuracy=0.6),
             dict(epoch=2, val_accuracy=0.7, test_accuracy=0.55),
             dict(epoch=3, val_accuracy=0.7, test_accuracy=0.58)]

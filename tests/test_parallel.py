@@ -1,5 +1,5 @@
 """Tests for autodo_jax.parallel: mesh, row-sharded tables, shard-local sampler, HLO
-locality of the table step, 1- vs 8-device equality and Orbax table checkpoints."""
+locality of the table step, 1- vs 8-device equality, the per-process batch blocks."""
 import re
 
 import jax
@@ -118,7 +118,30 @@ def test_global_batch_shards_leading_axis():
     batch = parallel.global_batch(host, mesh)
     assert batch["ids"].sharding.spec == P("data") and batch["x"].shape == (16, 3)
     np.testing.assert_array_equal(np.asarray(batch["ids"]), host["ids"])
-    assert parallel.process_batch_slice(mesh, 16) == slice(0, 16)
+
+
+@pytest.mark.parametrize("order", ["identity", "permuted"])
+def test_host_shards_match_the_mesh_in_any_device_order(order):
+    """Every block host_shards names is the one its device holds: read back shard by shard
+    (a mesh whose device order is permuted must still place row r on the device that
+    NamedSharding assigns to it)."""
+    devices = np.array(jax.devices())
+    if order == "permuted":
+        devices = devices[[3, 0, 7, 5, 1, 6, 2, 4]]
+    mesh = jax.sharding.Mesh(devices, ("data",))
+    rows = np.arange(24, dtype=np.int32) * 10
+    blocks = parallel.host_shards(mesh, rows.size)
+    assert [k for k, _ in blocks] == list(range(8))  # one process: every block
+    assert [(r.start, r.stop) for _, r in blocks] == [(3 * k, 3 * k + 3) for k in range(8)]
+    host = np.concatenate([rows[r] for _, r in blocks])
+    arr = parallel.global_batch({"ids": host}, mesh)["ids"]
+    want = parallel.data_sharding(mesh).addressable_devices_indices_map(rows.shape)
+    for shard in arr.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), rows[want[shard.device]])
+    np.testing.assert_array_equal(np.asarray(arr), rows)
+    np.testing.assert_array_equal(parallel.fetch({"a": arr})["a"], rows)
+    with pytest.raises(ValueError, match="not a multiple of the 8 devices"):
+        parallel.host_shards(mesh, 12)
 
 
 def _collectives(hlo_text):
@@ -199,74 +222,6 @@ def test_explicit_axis_mesh_works():
     ids = parallel.global_batch(parallel.ShardLocalSampler(64, 8, 16, 0).batch_ids(0, 0), mesh)
     new, _ = _step(opt, mesh)(table, opt.init(table), ids)
     assert new["p"].shape == (64, 3)
-
-
-def test_checkpoint_restores_onto_fewer_devices(tmp_path):
-    mesh8 = parallel.make_mesh(8)
-    n = 64
-    opt = tables.row_rmsprop(0.05)
-    sampler = parallel.ShardLocalSampler(n, 8, 16, seed=0)
-    table, state = _run(mesh8, n, 3, sampler)
-    table = parallel.shard_table(tables.init_table(table), mesh8)
-    path = tmp_path / "tables"
-    parallel.save_tables(path, table, state)
-    with pytest.raises(ValueError):
-        parallel.save_tables(path, table, state)  # no silent overwrite
-    like_table = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), table)
-    like_state = jax.eval_shape(opt.init, like_table)
-    for mesh in (parallel.make_mesh(2), parallel.make_mesh(1), None):
-        got_table, got_state = parallel.restore_tables(path, like_table, like_state, mesh)
-        for k in table:
-            np.testing.assert_array_equal(np.asarray(got_table[k]), np.asarray(table[k]))
-            np.testing.assert_array_equal(np.asarray(got_state.slots["nu"][k]), np.asarray(state.slots["nu"][k]))
-        np.testing.assert_array_equal(np.asarray(got_state.last), np.asarray(state.last))
-        assert int(got_state.count) == 3 and isinstance(got_state, tables.RowOptState)
-        if mesh is not None:
-            assert got_table["p"].sharding.mesh == mesh and got_table["p"].sharding.spec == P("data")
-            assert len(got_table["p"].addressable_shards) == mesh.size
-            assert got_state.last.sharding.spec == P("data") and got_table["s"].sharding.spec == P()
-
-
-def test_checkpoint_shape_mismatch_is_a_clear_error_and_changes_nothing(tmp_path):
-    mesh = parallel.make_mesh(8)
-    table = parallel.shard_table(tables.init_table(_initial(64)), mesh)
-    opt = tables.row_rmsprop(0.05)
-    state = opt.init(table)
-    path = tmp_path / "tables"
-    parallel.save_tables(path, table, state)
-    before = {k: np.asarray(v).copy() for k, v in table.items()}
-    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tables.init_table(_initial(72)))
-    with pytest.raises(ValueError, match=r"\['table'\]\['p'\]: checkpoint \(64, 3\) != expected \(72, 3\)"):
-        parallel.restore_tables(path, wrong, jax.eval_shape(opt.init, wrong), mesh)
-    for k in table:
-        np.testing.assert_array_equal(np.asarray(table[k]), before[k])
-    got, _ = parallel.restore_tables(path, table, state, mesh)  # disk unchanged: still restores
-    np.testing.assert_array_equal(np.asarray(got["p"]), before["p"])
-
-
-def test_checkpoint_repads_for_another_device_count(tmp_path):
-    n = 61  # padded to 64 on 8 devices, 62 on 2, 61 on 1
-    mesh8 = parallel.make_mesh(8)
-    opt = tables.row_rmsprop(0.05)
-    table, state = _run(mesh8, n, 2, parallel.ShardLocalSampler(n, 8, 16, seed=2))
-    table = parallel.shard_table(tables.init_table(table), mesh8)
-    state = opt.init(table)._replace(count=jnp.asarray(2, jnp.int32))
-    path = tmp_path / "tables"
-    parallel.save_tables(path, table, state)
-    for mesh, n_pad in ((parallel.make_mesh(2), 62), (None, 61)):
-        like_table = {k: jax.ShapeDtypeStruct((n_pad,) + v.shape[1:] if k != "s" else v.shape, v.dtype)
-                      for k, v in table.items()}
-        like_state = jax.eval_shape(opt.init, like_table)
-        with pytest.raises(ValueError, match=r"\['table'\]\['p'\]: checkpoint \(64, 3\) != expected"):
-            parallel.restore_tables(path, like_table, like_state, mesh)
-        got, got_state = parallel.restore_tables(path, like_table, like_state, mesh, num_rows=n)
-        assert got["p"].shape == (n_pad, 3) and got_state.last.shape == (n_pad,)
-        np.testing.assert_array_equal(np.asarray(got["p"])[:n], np.asarray(table["p"])[:n])
-        np.testing.assert_array_equal(np.asarray(got["p"])[n:], 0.0)
-        np.testing.assert_array_equal(np.asarray(got["s"]), np.asarray(table["s"]))
-        assert int(got_state.count) == 2
-        if mesh is not None:
-            assert got["p"].sharding.spec == P("data") and got_state.last.sharding.spec == P("data")
 
 
 def test_non_local_ids_with_a_mesh():

@@ -75,6 +75,11 @@ def test_eval_step_masks_padding():
     np.testing.assert_allclose(full["loss_sum"], np.sum(ce), rtol=1e-5)
     assert int(masked["correct"]) == int(np.sum(np.asarray(full["predictions"])[:10]
                                                 == labels[:10]))
+    hit = np.asarray(full["predictions"])[:10] == labels[:10]
+    c = NONE.num_classes
+    np.testing.assert_array_equal(masked["correct_per_class"],
+                                  np.bincount(labels[:10], weights=hit, minlength=c))
+    np.testing.assert_array_equal(masked["count_per_class"], np.bincount(labels[:10], minlength=c))
 
 
 def _logits(state, images):

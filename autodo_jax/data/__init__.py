@@ -12,8 +12,7 @@ from autodo_jax.data.distortion import val_source
 from autodo_jax.data.distortion import with_test_fallback
 from autodo_jax.data.pipeline import BatchLoader
 from autodo_jax.data.pipeline import eval_batches
-from autodo_jax.data.pipeline import eval_test_batches
-from autodo_jax.data.pipeline import eval_val_batches
+from autodo_jax.data.pipeline import eval_set
 from autodo_jax.data.pipeline import num_eval_batches
 from autodo_jax.data.pipeline import TrainLoader
 from autodo_jax.data.pipeline import ValLoader

@@ -1,12 +1,14 @@
 """Seeded, random-access, checkpointable batch loading with prefetching.
 
-A train batch is a pure function of (seed, epoch, step, process_index): the ids come from
-a sampler (``.steps_per_epoch``, ``.batch_ids(epoch, step) -> (B,) int32``, e.g.
-``autodo_jax.parallel.ShardLocalSampler``), each process loads only its contiguous slice
-of the global batch, and the host augmentation draws from
-``np.random.default_rng([seed, epoch, step, process_index])``. So the loader's position
-is just ``(epoch, step)``: a resumed run reproduces the batches bit for bit (with the
-same process count).
+A train batch is a pure function of (seed, epoch, step): the ids come from a sampler
+(``.steps_per_epoch``, ``.batch_ids(epoch, step) -> (B,) int32``, e.g.
+``autodo_jax.parallel.ShardLocalSampler``); each process loads only the blocks of the
+global batch that its devices hold (``shards``, from ``autodo_jax.parallel.host_shards``),
+and the host augmentation of block k draws from
+``np.random.default_rng([seed, epoch, step, k])``. So the loader's position is just
+``(epoch, step)`` and a batch does not depend on how the devices are spread over
+processes: a resumed run, and a run on 2 processes x 4 devices instead of 1 x 8, see the
+same batches bit for bit.
 
 Own loader rather than grain: the order must come from the external sampler (row-shard
 locality of the tables) and the vectorised host transforms work on whole batches, so a
@@ -25,27 +27,23 @@ import jax
 import numpy as np
 
 from autodo_jax.data.distortion import val_source
-from autodo_jax.data.transforms import host_transform
 
 Batch = dict[str, np.ndarray]
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: ``((block, rows), ...)``: the blocks of a global batch this process loads, as given by
+#: ``autodo_jax.parallel.host_shards(mesh, global_batch_size)``; None = the whole batch
+#: as one block 0 (one device, or no mesh).
+Shards = Sequence[tuple[int, slice]] | None
 
 
-def _check_process(process_index: int, process_count: int) -> None:
-    if not isinstance(process_count, int) or process_count < 1:
-        raise ValueError(f"process_count must be an int >= 1, got {process_count!r}")
-    if not isinstance(process_index, int) or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be an int in [0, {process_count}), "
-                         f"got {process_index!r}")
-
-
-def host_slice(global_size: int, process_index: int, process_count: int) -> slice:
-    """This process's contiguous slice of a global batch of ``global_size``."""
-    if global_size % process_count:
-        raise ValueError(f"global batch size {global_size} must be divisible by "
-                         f"process_count={process_count}")
-    per = global_size // process_count
-    return slice(process_index * per, (process_index + 1) * per)
+def _blocks(shards: Shards, global_size: int) -> list[tuple[int, slice]]:
+    """The (block, rows) pairs to load of a global batch of ``global_size``."""
+    if shards is None:
+        return [(0, slice(0, global_size))]
+    out = [(int(k), rows) for k, rows in shards]
+    if not out or any(r.stop > global_size for _, r in out):
+        raise ValueError(f"shards {shards!r} do not fit a global batch of {global_size}")
+    return out
 
 
 def prefetched(produce: Callable[[Any], Any], keys: Iterator[Any], size: int,
@@ -124,8 +122,8 @@ class BatchLoader:
         transform: ``transform(images uint8 (b,H,W,C), rng) -> float32 (b,H,W,C)``
             (see ``transforms.host_transform``).
         seed: seed of the host augmentation.
-        process_index, process_count: this process loads rows
-            ``[i*B/P, (i+1)*B/P)`` of every global batch.
+        shards: the blocks of every global batch this process loads
+            (``parallel.host_shards(mesh, B)``); None: the whole batch, one block.
         prefetch: batches computed ahead in a background thread (0: none).
         with_ids: include ``"ids"`` (int32 rows) in the batches.
         random_decode: read images with ``train_images(idx, rng)`` (random-resized crop for
@@ -133,15 +131,13 @@ class BatchLoader:
     """
 
     def __init__(self, source_split: Any, index: np.ndarray, labels: np.ndarray, sampler: Any,
-                 transform: Transform, *, seed: int, process_index: int = 0,
-                 process_count: int = 1, prefetch: int = 2, with_ids: bool = True,
-                 random_decode: bool = True):
+                 transform: Transform, *, seed: int, shards: Shards = None,
+                 prefetch: int = 2, with_ids: bool = True, random_decode: bool = True):
         if not (hasattr(sampler, "batch_ids") and hasattr(sampler, "steps_per_epoch")):
             raise TypeError("sampler must have .steps_per_epoch and .batch_ids(epoch, step), "
                             f"got {type(sampler).__name__}")
         if not callable(transform):
             raise TypeError(f"transform must be callable(images, rng), got {transform!r}")
-        _check_process(process_index, process_count)
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.index = np.asarray(index, dtype=np.int64)
@@ -154,34 +150,37 @@ class BatchLoader:
         self.source_split, self.sampler, self.transform = source_split, sampler, transform
         self.seed, self.prefetch, self.with_ids = int(seed), prefetch, with_ids
         self.random_decode = random_decode
-        self.process_index, self.process_count = process_index, process_count
+        self.shards = None if shards is None else tuple(shards)
 
     @property
     def steps_per_epoch(self) -> int:
         return int(self.sampler.steps_per_epoch)
 
-    def host_ids(self, epoch: int, step: int) -> np.ndarray:
-        """int32 (B / process_count,) rows of this process at (epoch, step)."""
+    def host_ids(self, epoch: int, step: int) -> list[tuple[int, np.ndarray]]:
+        """``[(block, int32 ids), ...]``: this process's blocks of the batch at (epoch, step)."""
         ids = np.asarray(self.sampler.batch_ids(epoch, step)).reshape(-1)
-        ids = ids[host_slice(ids.size, self.process_index, self.process_count)]
         if ids.size and (ids.min() < 0 or ids.max() >= self.index.size):
             raise ValueError(f"sampler gave ids outside [0, {self.index.size}) at "
                              f"(epoch={epoch}, step={step})")
-        return ids.astype(np.int32)
+        return [(k, ids[rows].astype(np.int32)) for k, rows in _blocks(self.shards, ids.size)]
 
     def batch(self, epoch: int, step: int) -> Batch:
         """The batch at (epoch, step): ``{"images": float32 (b,H,W,C), "labels": int32 (b,),
-        "ids": int32 (b,)}`` with b = B / process_count; a pure function of the position."""
-        ids = self.host_ids(epoch, step)
-        rng = np.random.default_rng([self.seed, int(epoch), int(step), self.process_index])
-        examples = self.index[ids]
-        raw = (self.source_split.train_images(examples, rng) if self.random_decode
-               else self.source_split.images(examples))
-        images = self.transform(raw, rng)
-        out = {"images": images, "labels": self.labels[ids]}
-        if self.with_ids:
-            out["ids"] = ids
-        return out
+        "ids": int32 (b,)}``, b = the rows of this process's blocks (B on one process), in
+        block order; a pure function of the position."""
+        parts = []
+        for k, ids in self.host_ids(epoch, step):
+            rng = np.random.default_rng([self.seed, int(epoch), int(step), k])
+            examples = self.index[ids]
+            raw = (self.source_split.train_images(examples, rng) if self.random_decode
+                   else self.source_split.images(examples))
+            part = {"images": self.transform(raw, rng), "labels": self.labels[ids]}
+            if self.with_ids:
+                part["ids"] = ids
+            parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     def next_position(self, epoch: int, step: int) -> tuple[int, int]:
         """The position after (epoch, step): what to checkpoint once that batch is consumed."""
@@ -222,21 +221,18 @@ class BatchLoader:
 
 
 def TrainLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
-                process_index: int = 0, process_count: int = 1,
-                prefetch: int = 2) -> BatchLoader:
+                shards: Shards = None, prefetch: int = 2) -> BatchLoader:
     """Train batches ``{"images", "labels", "ids"}`` of a distorted split (ids = table rows).
 
     Args:
         source: ``sources.Source``; split: ``distortion.Split``; the rest as ``BatchLoader``.
     """
     return BatchLoader(source.train, split.train_index, split.train_labels, sampler, transform,
-                       seed=seed, process_index=process_index, process_count=process_count,
-                       prefetch=prefetch, with_ids=True)
+                       seed=seed, shards=shards, prefetch=prefetch, with_ids=True)
 
 
 def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
-              process_index: int = 0, process_count: int = 1,
-              prefetch: int = 2) -> BatchLoader:
+              shards: Shards = None, prefetch: int = 2) -> BatchLoader:
     """Random validation batches ``{"images", "labels"}`` (clean labels) for hyper steps.
 
     ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
@@ -246,30 +242,54 @@ def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed:
     """
     data = val_source(source, split)
     return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
-                       process_index=process_index, process_count=process_count,
-                       prefetch=prefetch, with_ids=False, random_decode=False)
+                       shards=shards, prefetch=prefetch, with_ids=False, random_decode=False)
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def eval_set(source: Any, split: Any, which: str,
+             limit: int = 0) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The examples an evaluation runs on: ``(source_split, index (n,), labels (n,))``.
+
+    Args:
+        source: ``sources.Source``; split: ``distortion.Split``.
+        which: ``"val"`` (the split's clean validation examples: of the train split, of
+            the test split for the ``overfit`` ablation, or a given validation split) or ``"test"`` (the whole test split, clean labels).
+        limit: evaluate at most this many, a fixed random subset kept in order (0 = all).
+    """
+    if which == "test":
+        data, index, labels = source.test, np.arange(len(source.test)), source.test.clean_labels
+    elif which == "val":
+        data, index, labels = val_source(source, split), split.val_index, split.val_labels
+    else:
+        raise ValueError(f"which must be 'val' or 'test', got {which!r}")
+    index, labels = np.asarray(index, np.int64), np.asarray(labels, np.int32)
+    if limit and limit < index.size:
+        keep = np.sort(np.random.default_rng(0).permutation(index.size)[:limit])
+        index, labels = index[keep], labels[keep]
+    return data, index, labels
+
+
 def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch_size: int,
-                 *, transform: Transform, process_index: int = 0, process_count: int = 1,
+                 *, transform: Transform, shards: Shards = None,
                  prefetch: int = 2) -> Iterator[Batch]:
     """Fixed-order evaluation batches, the last one padded.
 
     Args:
-        source_split: random-access split (``images(idx)``).
-        index: int (n,) examples to evaluate; labels: int (n,).
-        batch_size: global batch size B (divisible by process_count).
+        source_split: random-access split (``images(idx)``); index: int (n,) examples to
+            evaluate; labels: int (n,) (e.g. from :func:`eval_set`).
+        batch_size: global batch size B.
         transform: normally ``host_transform("none", family)`` (normalisation only).
+        shards: this process's blocks of a global batch of B (``parallel.host_shards``);
+            None: the whole batch.
 
     Yields:
-        ``{"images": float32 (B/P,H,W,C), "labels": int32 (B/P,), "mask": bool (B/P,)}``,
-        ceil(n / B) batches; padded slots repeat example ``index[0]`` with mask False.
+        ``{"images": float32 (b,H,W,C), "labels": int32 (b,), "mask": bool (b,)}`` with the
+        rows of this process's blocks (b = B on one process), ceil(n / B) batches; padded
+        slots repeat example ``index[0]`` with mask False.
     """
-    _check_process(process_index, process_count)
     index = np.asarray(index, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int32)
     if index.shape != labels.shape or index.ndim != 1 or index.size == 0:
@@ -277,11 +297,11 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
                          "non-empty (n,) shapes")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    part = host_slice(batch_size, process_index, process_count)
+    part = np.concatenate([np.arange(batch_size)[rows] for _, rows in _blocks(shards, batch_size)])
     rng = np.random.default_rng(0)   # eval transforms are deterministic; rng unused
 
     def produce(b: int) -> Batch:
-        pos = np.arange(b * batch_size, (b + 1) * batch_size)[part]
+        pos = b * batch_size + part
         mask = pos < index.size
         pos = np.where(mask, pos, 0)
         images = transform(source_split.images(index[pos]), rng)
@@ -290,17 +310,3 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
     for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))),
                              prefetch):
         yield batch
-
-
-def eval_val_batches(source: Any, split: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
-    """``eval_batches`` over the split's validation set (test split for ``overfit``),
-    normalised only; kwargs: process_index, process_count, prefetch."""
-    data = val_source(source, split)
-    return eval_batches(data, split.val_index, split.val_labels, batch_size,
-                        transform=host_transform("none", source.family), **kwargs)
-
-
-def eval_test_batches(source: Any, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
-    """``eval_batches`` over the whole test split (clean labels), normalised only."""
-    return eval_batches(source.test, np.arange(len(source.test)), source.test.clean_labels,
-                        batch_size, transform=host_transform("none", source.family), **kwargs)

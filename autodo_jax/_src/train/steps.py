@@ -271,7 +271,10 @@ def eval_step(state: TrainState, batch: Batch, cfg: StepConfig) -> Metrics:
 
     Returns:
         ``{"loss_sum": cross-entropy summed over real examples, "correct": int32 count,
-        "count": int32 number of real examples, "predictions": int32 (B,) argmax}``.
+        "count": int32 number of real examples, "predictions": int32 (B,) argmax,
+        "correct_per_class": int32 (C,), "count_per_class": int32 (C,)}`` (C =
+        ``cfg.num_classes``, by true label). Every value but "predictions" is a reduction
+        over the batch, so on a mesh it is replicated and readable on every process.
     """
     model = model_from_config(cfg)
     feats, _ = encode(model, state.params, state.batch_stats, batch["images"], train=False)
@@ -281,11 +284,15 @@ def eval_step(state: TrainState, batch: Batch, cfg: StepConfig) -> Metrics:
     mask = jnp.ones(labels.shape, bool) if mask is None else mask.astype(bool)
     preds = jnp.argmax(logits, -1).astype(jnp.int32)
     ce = losses.cross_entropy(logits, labels)
+    hit = mask & (preds == labels)
+    per_class = jnp.zeros((cfg.num_classes,), jnp.int32)
     return {
         "loss_sum": jnp.sum(jnp.where(mask, ce, 0.0)),
-        "correct": jnp.sum(mask & (preds == labels)).astype(jnp.int32),
+        "correct": jnp.sum(hit).astype(jnp.int32),
         "count": jnp.sum(mask).astype(jnp.int32),
         "predictions": preds,
+        "correct_per_class": per_class.at[labels].add(hit.astype(jnp.int32)),
+        "count_per_class": per_class.at[labels].add(mask.astype(jnp.int32)),
     }
 
 
