@@ -318,7 +318,8 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
     data = run_setup.prepare(config, workdir)
     for key, note in data.source.notes().items():
-        log(f"{key}: {note}")
+        if isinstance(note, str):
+            log(f"{key}: {note}")
     run_setup.write_run_files(config, workdir, data)
     parallel.barrier("autodo_jax:run_files")  # process 0 wrote them; all read them next
     mesh = parallel.make_mesh(config.num_devices or None)
@@ -330,5 +331,6 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
 
 def print_summary(summary: dict[str, Any]) -> None:
     """Prints the summary without the long per-class and per-epoch parts, then its path."""
-    short = {k: v for k, v in summary.items() if k not in ("epochs", "per_class_accuracy_final")}
+    short = {k: v for k, v in summary.items()
+             if k not in ("epochs", "per_class_accuracy_final", "class_names")}
     print(json.dumps(short, indent=2))

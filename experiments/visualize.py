@@ -63,6 +63,14 @@ def plot_curves(workdir: str, path: str) -> str | None:
     return _save(fig, path)
 
 
+def _truth_note(t: dict) -> str:
+    """Title suffix for user data, whose true label noise is unknown (final_table.npz
+    ``clean_labels_known`` False): "clean"/"noisy" then mean before/after synthetic noise."""
+    if bool(t.get("clean_labels_known", True)):
+        return ""
+    return "\n(user data: noisy = synthetic flips only; true label noise unknown)"
+
+
 def plot_weights(t: dict, path: str) -> str | None:
     if "weight" not in t:
         return None
@@ -75,7 +83,7 @@ def plot_weights(t: dict, path: str) -> str | None:
         ax.hist(w[noisy], bins=bins, alpha=0.6, label=f"noisy ({noisy.sum()})", density=True)
     auc = weight_auc(t["weight"], noisy)
     ax.set(xlabel="learned loss weight w(λ_W)", ylabel="density",
-           title=f"loss weights (AUC clean vs noisy = {auc:.3f})")
+           title=f"loss weights (AUC clean vs noisy = {auc:.3f}){_truth_note(t)}")
     ax.legend()
     return _save(fig, path)
 
@@ -102,7 +110,7 @@ def plot_soft_labels(t: dict, path: str) -> str | None:
             ax_b.bar(gi, v, bottom=bottom, color=f"C{k}", label=names[k] if gi == 0 else None)
             bottom += v
     ax_b.set_xticks([0, 1], [f"noisy ({wrong.sum()})", f"clean ({(~wrong).sum()})"])
-    ax_b.set(ylabel="fraction", title="argmax of the learned soft label")
+    ax_b.set(ylabel="fraction", title=f"argmax of the learned soft label{_truth_note(t)}")
     ax_b.legend()
     m = np.zeros((c, c))
     np.add.at(m, (clean[wrong], arg[wrong]), 1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import artifacts, config as cfg_lib, run_setup, trainer
+from experiments import artifacts, config as cfg_lib, run_setup, trainer, visualize
 from experiments.metric_writer import read_metrics
 from test_experiments_train import REPO, TINY, _fast_compiles  # noqa: F401  (module fixture)
 
@@ -71,6 +71,7 @@ def test_npz_dataset_trains_on_the_data_as_given(npz_run):
                 "num_noisy_train"):
         assert key not in summary, key
     assert "test_set" not in summary and len(summary["dataset_fingerprint"]) == 16
+    assert summary["class_names"] == [f"c{k}" for k in range(CLASSES)]
     with np.load(wd / "split.npz") as split:
         np.testing.assert_array_equal(np.sort(split["train_index"]), np.arange(ROWS))
         np.testing.assert_array_equal(split["val_index"], np.arange(VAL))
@@ -78,6 +79,9 @@ def test_npz_dataset_trains_on_the_data_as_given(npz_run):
     table = artifacts.load_final_table(str(wd))
     assert not table["clean_labels_known"] and table["weight"].shape == (ROWS,)
     assert artifacts.read_json(wd / "config.json")["dataset"] == dataset
+    assert "true label noise unknown" in visualize._truth_note(table)
+    assert sorted(os.path.basename(p) for p in visualize.make_plots(str(wd), str(wd / "plots"))) == [
+        "augmentation.png", "curves.png", "soft_labels.png", "weights.png"]
 
 
 @pytest.mark.slow

@@ -248,10 +248,13 @@ class Source:
     fingerprint: str = ""
     test_from: str = "test"
 
-    def notes(self) -> dict[str, str]:
+    def notes(self) -> dict[str, Any]:
         """What a run summary must say about this data beyond the numbers (user data:
-        fingerprint, unknown label truth, test set stand-in); {} for TFDS / embedded."""
-        out = {}
+        class names, fingerprint, unknown label truth, test set stand-in); {} for TFDS /
+        embedded data."""
+        out: dict[str, Any] = {}
+        if self.class_names:
+            out["class_names"] = list(self.class_names)
         if self.fingerprint:
             out["dataset_fingerprint"] = self.fingerprint
         if not self.truth_known:
