@@ -12,7 +12,8 @@
 Every step runs unchanged on one device or sharded over a mesh (batch ``P("data")``,
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
-from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, LR_FIELDS, SOLVERS,
+from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, IMPLICIT_THETAS, LR_FIELDS,
+                                               SOFT_NORMS, SOLVERS,
                                                TABLE_OPTIMIZERS, StepConfig, hyper_lr_schedule,
                                                inner_optimizer, lr_schedule, make_solver,
                                                model_from_config, table_optimizer)
@@ -26,7 +27,9 @@ from autodo_jax.models import get_model
 
 __all__ = [
     "COMPUTE_DTYPES",
+    "IMPLICIT_THETAS",
     "LR_FIELDS",
+    "SOFT_NORMS",
     "SOLVERS",
     "TABLE_OPTIMIZERS",
     "StepConfig",

@@ -114,6 +114,13 @@ class Config:
         "rmsprop_local", "Row optimizer of the tables: rmsprop_local (row-local time: a row's "
         "moment decays per visit, scale-free) | rmsprop_global (the original's dense clock).",
         choices=train.TABLE_OPTIMIZERS)
+    soft_norm: str = _f("coordinate", "Soft-label rows: RMSprop per coordinate or per row vector "
+                                      "(row: the C logits share one second moment; rmsprop_local).",
+                        choices=train.SOFT_NORMS)
+    implicit_theta: str = _f(
+        "head", "θ of the implicit differentiation: head (kernel + bias) | kernel (the "
+        "original) | centred_kernel (kernel on batch-centred features; same logits).",
+        choices=train.IMPLICIT_THETAS)
     rmsprop_decay: float = _f(0.99, "RMSprop second-moment decay (per row visit for "
                                     "rmsprop_local, per hyper step for rmsprop_global).")
     solver: str = _f("neumann", "Inverse-curvature solver.", choices=train.SOLVERS)
@@ -193,7 +200,7 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
         total_steps=max(total, 1), hyper_lr=c.hyper_lr,
         hyper_lr_aug=c.hyper_lr_aug or None, hyper_lr_weight=c.hyper_lr_weight or None,
         hyper_lr_soft=c.hyper_lr_soft or None, table_optimizer=c.table_optimizer,
-        rmsprop_decay=c.rmsprop_decay,
+        rmsprop_decay=c.rmsprop_decay, soft_norm=c.soft_norm, implicit_theta=c.implicit_theta,
         hyper_warmup_steps=int(round(min(c.warmup_epochs, hyper_epochs) * hyper_steps_per_epoch)),
         hyper_total_steps=hyper_total, solver=c.solver, solver_iters=c.solver_iters,
         nystrom_rank=c.solver_iters, neumann_alpha=c.neumann_alpha,
@@ -309,6 +316,9 @@ def static_errors(config: Config) -> list[str]:
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
     need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "allowed: 0 <= decay < 1")
+    if c.soft_norm == "row" and c.table_optimizer != "rmsprop_local":
+        errs.append(f"--soft_norm=row: needs --table_optimizer=rmsprop_local, not "
+                    f"{c.table_optimizer}")
     for name in ("hyper_lr_aug", "hyper_lr_weight", "hyper_lr_soft"):
         v = getattr(c, name)
         need(math.isfinite(v) and v >= 0, name, "allowed: a finite number >= 0 (0 = --hyper_lr)")

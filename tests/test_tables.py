@@ -203,6 +203,25 @@ def test_row_local_rmsprop_equals_per_row_optax_adam_without_momentum():
         assert float(table["w"][0]) == pytest.approx(float(x), rel=1e-10)
 
 
+def test_row_local_vector_field_keeps_the_row_direction():
+    """vector_fields: one second moment per row vector; a first visit moves the row by
+    lr * g / rms(g) (direction of g, RMS lr), later visits use the row's mean g**2."""
+    with jax.enable_x64(True):
+        table = tables.init_table({"s": np.zeros((3, 4)), "a": np.zeros((3, 4))}, dtype=jnp.float64)
+        opt = tables.row_rmsprop_local(0.1, decay=0.9, eps=1e-30, vector_fields=("s",),
+                                       state_dtype=jnp.float64)
+        state = opt.init(table)
+        g1 = np.array([[1.0, -2.0, 0.5, 0.0]])
+        table, state = apply_rows(opt, table, state, np.array([1]), {"s": g1, "a": g1})
+        np.testing.assert_allclose(table["s"][1], 0.1 * -g1[0] / np.sqrt(np.mean(g1 ** 2)), rtol=1e-12)
+        np.testing.assert_allclose(table["a"][1], -0.1 * np.sign(g1[0]), rtol=1e-12)  # per coordinate
+        g2 = np.array([[0.0, 1.0, 1.0, 3.0]])
+        before = np.asarray(table["s"][1])
+        table, state = apply_rows(opt, table, state, np.array([1]), {"s": g2, "a": g2})
+        nu = 0.9 * 0.1 * np.mean(g1 ** 2) + 0.1 * np.mean(g2 ** 2)
+        np.testing.assert_allclose(table["s"][1] - before, -0.1 * g2[0] / np.sqrt(nu / (1 - 0.81)), rtol=1e-12)
+
+
 def test_row_local_step_is_independent_of_table_size():
     """Scale-free: the same row with the same gradients moves the same whatever N and
     however many other rows are updated between its visits (global-time RMSprop does not)."""

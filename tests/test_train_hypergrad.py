@@ -71,3 +71,43 @@ def test_gauss_newton_equals_hessian_for_the_linear_head():
         assert scale > 0, k
         np.testing.assert_allclose(out["gauss_newton"][k], out["hessian"][k],
                                    atol=1e-4 * scale, err_msg=k)
+
+
+def test_centred_kernel_hypergradient_matches_closed_form():
+    """implicit_theta="centred_kernel", identity solver, plain KL: for example n of the
+    batch, dL_val/dλ_S,n = (w_n/B) J_q,n V_Kᵀ(f_n − f̄) with J_q = diag q − qqᵀ,
+    V_K = (F_val − f̄)ᵀ(P_val − Y_val)/V and f̄ the batch's mean train feature; the part
+    shared by every example (bias and mean feature) is gone, so Σ_n s_n = 0."""
+    images, labels = data()
+    cfg = dataclasses.replace(FULL, learn_aug=False, symmetric_kl=False, solver="identity",
+                              implicit_theta="centred_kernel")
+    state = make_state(cfg, labels)
+    state = state.replace(table={**state.table, "weight": state.table["weight"] + 0.3 *
+                                 jnp.sin(jnp.arange(state.table["weight"].shape[0]))})
+    tb = make_batch(images, labels, np.arange(B))
+    vb = make_batch(images, labels, np.arange(32, 32 + B))
+    rows, grads, info, values = jax.jit(train.table_hypergrads, static_argnames="cfg")(
+        state, tb, vb, cfg=cfg)
+    model = train.model_from_config(cfg)
+
+    def feats(x):
+        return np.asarray(encode(model, state.params, state.batch_stats, x, train=False)[0],
+                          np.float64)
+
+    f, fv = feats(tb["images"]), feats(vb["images"])
+    head = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params["head"])
+    pv = np.asarray(jax.nn.softmax(fv @ head["kernel"] + head["bias"]))
+    fbar = f.mean(0)
+    vk = (fv - fbar).T @ (pv - np.eye(10)[vb["labels"]]) / B
+    s = (f - fbar) @ vk
+    q = np.asarray(jax.nn.softmax(np.asarray(rows["soft"], np.float64)))
+    jq_s = q * (s - np.sum(q * s, -1, keepdims=True))
+    w = np.asarray(losses.loss_weight(rows["weight"]), np.float64)
+    want = w[:, None] / B * jq_s
+    np.testing.assert_allclose(grads["soft"], want, atol=1e-4 * np.abs(want).max(), rtol=1e-3)
+    np.testing.assert_allclose(s.sum(0), 0.0, atol=1e-9 * np.abs(s).max() * B)
+    # The same logits: the train and validation losses equal those of the plain head.
+    _, _, _, plain = jax.jit(train.table_hypergrads, static_argnames="cfg")(
+        state, tb, vb, cfg=dataclasses.replace(cfg, implicit_theta="head"))
+    for k in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(values[k], plain[k], rtol=1e-5)

@@ -207,7 +207,12 @@ def row_rmsprop(
 
 
 def row_rmsprop_local(
-    learning_rate: LearningRate, decay: float = 0.99, eps: float = 1e-8, *, state_dtype: Any = jnp.float32
+    learning_rate: LearningRate,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    *,
+    vector_fields: tuple[str, ...] = (),
+    state_dtype: Any = jnp.float32,
 ) -> RowOptimizer:
     """Row-local-time RMSprop: each row's second moment decays per *visit* of that row and
     is bias-corrected by the row's own visit count (scale-free table optimisation).
@@ -222,10 +227,17 @@ def row_rmsprop_local(
     each coordinate by ``lr`` (sign of the gradient); with a constant gradient every visit
     does.
 
+    For a field in ``vector_fields`` a row's trailing axes form one vector (e.g. the C
+    soft-label logits of one example): its second moment is the *mean* of g**2 over the
+    row (stored broadcast to every coordinate), so the update keeps the direction of the
+    row's gradient and has RMS ``lr`` per coordinate on a first visit, instead of moving
+    every coordinate by ``lr`` whatever its share of the gradient.
+
     Args:
       learning_rate: float, optax schedule ``count -> lr``, or ``{field: either}``.
       decay: second-moment decay rho per visit of the row.
       eps: added to ``sqrt(nu_hat)``.
+      vector_fields: fields normalised per row vector rather than per coordinate.
       state_dtype: dtype of the stored second moment.
 
     Returns:
@@ -236,7 +248,11 @@ def row_rmsprop_local(
         del delta
         nu, updates = {}, {}
         for k, g in grads.items():
-            nu[k] = decay * slots["nu"][k] + (1.0 - decay) * jnp.square(g)
+            g2 = jnp.square(g)
+            if k in vector_fields and g.ndim > 1:
+                g2 = jnp.broadcast_to(jnp.mean(g2, axis=tuple(range(1, g.ndim)), keepdims=True),
+                                      g.shape)
+            nu[k] = decay * slots["nu"][k] + (1.0 - decay) * g2
             correction = 1.0 - _decay(decay, visits, g)
             nu_hat = nu[k] / correction
             updates[k] = -_learning_rate(learning_rate, count, k) * g / (jnp.sqrt(nu_hat) + eps)

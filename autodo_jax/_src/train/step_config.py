@@ -20,6 +20,17 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 TABLE_OPTIMIZERS = ("rmsprop_local", "rmsprop_global")
 #: Table fields of each learning-rate group.
 LR_FIELDS = {"aug": ("aug_p", "aug_m"), "weight": ("weight",), "soft": ("soft",)}
+#: What the implicit differentiation treats as θ (the inner solution):
+#:   "head": kernel and bias of the linear head;
+#:   "kernel": the kernel alone, bias fixed (the original AutoDO's θ);
+#:   "centred_kernel": the kernel acting on features centred by the train batch's mean
+#:     feature, with the bias absorbing the mean (b' = b + Wᵀ f̄, fixed). The logits are
+#:     the same; the hypergradient loses the component that is identical for every
+#:     example (see docs/science.md).
+IMPLICIT_THETAS = ("head", "kernel", "centred_kernel")
+#: Normalisation of the soft-label rows by the row RMSprop: per coordinate, or per row
+#: vector (the C logits of one example share one second moment; rmsprop_local only).
+SOFT_NORMS = ("coordinate", "row")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +67,8 @@ class StepConfig:
             λ_W and λ_S fields (None = ``hyper_lr``).
         hyper_warmup_steps, hyper_total_steps: the same schedule shape over hyper steps.
         table_optimizer: one of ``TABLE_OPTIMIZERS``.
+        soft_norm: one of ``SOFT_NORMS`` ("row" needs table_optimizer "rmsprop_local").
+        implicit_theta: one of ``IMPLICIT_THETAS``.
         rmsprop_decay, rmsprop_eps: RMSprop's second-moment decay (per visit of a row for
             "rmsprop_local", per hyper step for "rmsprop_global") and epsilon.
         solver: inverse-curvature solver, one of ``SOLVERS``.
@@ -93,6 +106,8 @@ class StepConfig:
     hyper_warmup_steps: int = 0
     hyper_total_steps: int = 1
     table_optimizer: str = "rmsprop_local"
+    soft_norm: str = "coordinate"
+    implicit_theta: str = "head"
     rmsprop_decay: float = 0.99
     rmsprop_eps: float = 1e-8
     solver: str = "neumann"
@@ -132,6 +147,11 @@ class StepConfig:
         need(self.table_optimizer in TABLE_OPTIMIZERS, "table_optimizer",
              f"one of {TABLE_OPTIMIZERS}")
         need(0 <= self.rmsprop_decay < 1, "rmsprop_decay", "in [0, 1)")
+        need(self.soft_norm in SOFT_NORMS, "soft_norm", f"one of {SOFT_NORMS}")
+        need(self.soft_norm == "coordinate" or self.table_optimizer == "rmsprop_local",
+             "soft_norm", "'coordinate' with table_optimizer='rmsprop_global'")
+        need(self.implicit_theta in IMPLICIT_THETAS, "implicit_theta",
+             f"one of {IMPLICIT_THETAS}")
         need(self.solver in SOLVERS, "solver", f"one of {SOLVERS}")
         need(self.curvature in CURVATURES, "curvature", f"one of {CURVATURES}")
         need(self.neumann_scale in implicit.NEUMANN_SCALES, "neumann_scale",
@@ -206,9 +226,11 @@ def table_optimizer(cfg: StepConfig) -> tables.RowOptimizer:
     (``hyper_lr_aug`` for "aug_p"/"aug_m", ``hyper_lr_weight``, ``hyper_lr_soft``)."""
     lrs = {field: hyper_lr_schedule(cfg, group)
            for group, fields in LR_FIELDS.items() for field in fields}
-    make = (tables.row_rmsprop_local if cfg.table_optimizer == "rmsprop_local"
-            else tables.row_rmsprop)
-    return make(lrs, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps)
+    if cfg.table_optimizer == "rmsprop_global":
+        return tables.row_rmsprop(lrs, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps)
+    vector = ("soft",) if cfg.soft_norm == "row" else ()
+    return tables.row_rmsprop_local(lrs, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps,
+                                    vector_fields=vector)
 
 
 def make_solver(cfg: StepConfig, key: jax.Array) -> Any:

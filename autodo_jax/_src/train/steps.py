@@ -117,17 +117,40 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
     return new_state, metrics
 
 
-def _hypergrad_kwargs(cfg: StepConfig, key: jax.Array, labels: jax.Array) -> dict:
+def _implicit_head(head: Mapping[str, jax.Array], train_feats: jax.Array,
+                   cfg: StepConfig) -> tuple[dict[str, jax.Array], Any]:
+    """θ of the implicit differentiation and ``logits(θ, features)`` (``cfg.implicit_theta``).
+
+    At the returned θ the logits equal ``head_apply(head, features)``; only which
+    directions count as the inner solution differ: the whole head, the kernel with the
+    bias fixed, or the kernel on features centred by the batch's mean train feature f̄
+    (constant, no gradient) with bias b + Wᵀf̄ fixed.
+    """
+    if cfg.implicit_theta == "head":
+        return dict(head), head_apply
+    if cfg.implicit_theta == "kernel":
+        shift, bias = 0.0, head["bias"]
+    else:
+        shift = lax.stop_gradient(jnp.mean(train_feats, axis=0))
+        bias = head["bias"] + shift @ head["kernel"]
+
+    def logits(theta, feats):
+        return head_apply({"kernel": theta["kernel"], "bias": bias}, feats - shift)
+
+    return {"kernel": head["kernel"]}, logits
+
+
+def _hypergrad_kwargs(cfg: StepConfig, key: jax.Array, labels: jax.Array, logits_fn) -> dict:
     """Solver, curvature and the loss decompositions the chosen curvature needs."""
     kwargs = {"solver": make_solver(cfg, key), "curvature": cfg.curvature,
               "mode": cfg.hypergrad_mode}
     if cfg.curvature == "gauss_newton":
-        kwargs["train_outputs"] = lambda head, hp, b: head_apply(head, hp.get("features",
-                                                                              b["features"]))
+        kwargs["train_outputs"] = lambda th, hp, b: logits_fn(th, hp.get("features",
+                                                                         b["features"]))
         kwargs["output_loss"] = lambda logits, hp, b: _train_loss(logits, labels, hp, cfg)
     elif cfg.curvature == "empirical_fisher":
-        kwargs["per_example_loss"] = lambda head, hp, b: losses.per_example_train_loss(
-            head_apply(head, hp.get("features", b["features"])), labels=labels,
+        kwargs["per_example_loss"] = lambda th, hp, b: losses.per_example_train_loss(
+            logits_fn(th, hp.get("features", b["features"])), labels=labels,
             **_loss_kwargs(hp, cfg))
     return kwargs
 
@@ -136,8 +159,9 @@ def table_hypergrads(state: TrainState, train_batch: Batch, val_batch: Batch,
                      cfg: StepConfig, mesh: Optional[Mesh] = None):
     """Hypergradients of the validation loss with respect to the batch's table rows.
 
-    θ = the head; the encoder is frozen and in inference mode (BatchNorm running
-    statistics). The train features f(λ_A) = encoder(augment(x; λ_A)) are computed once
+    θ = the head, its kernel, or its kernel on centred features (``cfg.implicit_theta``,
+    see :func:`_implicit_head`); the encoder is frozen and in inference mode (BatchNorm
+    running statistics). The train features f(λ_A) = encoder(augment(x; λ_A)) are computed once
     with a VJP; ``implicit.hypergrad`` then treats (features, λ_W, λ_S) as the
     hyperparameters of the head's losses, so every curvature product touches the head
     only, and the features' hypergradient is pulled back through encoder and warp into
@@ -180,21 +204,23 @@ def table_hypergrads(state: TrainState, train_batch: Batch, val_batch: Batch,
         tb["features"] = train_feats
     vb = {"features": val_feats, "labels": val_batch["labels"]}
 
-    def train_loss(head, hp, b):
-        logits = head_apply(head, hp["features"] if "features" in hp else b["features"])
+    theta, logits_fn = _implicit_head(params["head"], train_feats, cfg)
+
+    def train_loss(th, hp, b):
+        logits = logits_fn(th, hp["features"] if "features" in hp else b["features"])
         return _train_loss(logits, labels, hp, cfg)
 
-    def val_loss(head, b):
-        return losses.val_loss(head_apply(head, b["features"]), b["labels"])
+    def val_loss(th, b):
+        return losses.val_loss(logits_fn(th, b["features"]), b["labels"])
 
     hp_grads, info = implicit.hypergrad(
-        train_loss, val_loss, params["head"], hparams, tb, vb,
-        **_hypergrad_kwargs(cfg, jax.random.fold_in(key, 1), labels))
+        train_loss, val_loss, theta, hparams, tb, vb,
+        **_hypergrad_kwargs(cfg, jax.random.fold_in(key, 1), labels, logits_fn))
     row_grads = {k: v for k, v in hp_grads.items() if k != "features"}
     if cfg.learn_aug:
         row_grads.update(features_vjp(hp_grads["features"])[0])
-    values = {"train_loss": train_loss(params["head"], hparams, tb),
-              "val_loss": val_loss(params["head"], vb)}
+    values = {"train_loss": train_loss(theta, hparams, tb),
+              "val_loss": val_loss(theta, vb)}
     return rows, row_grads, info, values
 
 
