@@ -140,6 +140,11 @@ class Config:
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
     num_devices: int = _f(0, "Devices of the data mesh (0 = all).")
+    steps_per_dispatch: int = _f(
+        8, "Steps per jit call (lax.scan over K stacked batches); results are identical for "
+           "every K.")
+    data_workers: int = _f(0, "Host pipeline threads (0 = half the cores, 1..8); results are "
+                              "identical for every count.")
     stop_after_epoch: int = _f(0, "Stop (resumably) once this many epochs are done (0 = never; "
                                   "simulates preemption).")
 
@@ -151,7 +156,8 @@ class Config:
 
 
 #: Fields that do not change results: they may differ between a run and its resume.
-NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every", "stop_after_epoch")
+NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every", "stop_after_epoch",
+                     "steps_per_dispatch", "data_workers")
 
 
 def field_specs() -> list[dataclasses.Field]:
@@ -309,8 +315,9 @@ def static_errors(config: Config) -> list[str]:
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
     for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",
-                 "checkpoint_every", "upsample"):
+                 "checkpoint_every", "upsample", "steps_per_dispatch"):
         need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
+    need(0 <= c.data_workers <= 64, "data_workers", "allowed: an integer in [0, 64] (0 = auto)")
     for name in ("learning_rate", "hyper_lr", "neumann_alpha"):
         v = getattr(c, name)
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")

@@ -8,6 +8,12 @@ batch size (``floor(N / hyper_batch)``, the original's hyper loader), which keep
 epoch about as costly as an ordinary one. Validation and test accuracy are measured after
 every epoch.
 
+Dispatch: the passes run ``--steps_per_dispatch`` (K) steps per jit call
+(``train.inner_steps`` / ``train.hyper_steps``, a ``lax.scan`` over K stacked batches; the
+last dispatch of a pass is padded); ``--data_workers`` threads build, stack and place the
+batches ahead of the step. Neither changes any result (the same compiled step body for
+every K; every batch a pure function of its position).
+
 Determinism: every random choice is a function of (seed, epoch, step): the split (seed),
 the order of rows (ShardLocalSampler seeded per epoch), host augmentation
 (``default_rng([seed', epoch, step, process])``) and device randomness (the state's key,
@@ -25,9 +31,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from autodo_jax import augment, parallel, train
 from autodo_jax.data import pipeline, transforms
+from autodo_jax.tables import DATA_AXIS
 from experiments import artifacts, run_setup, summary as summary_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import Checkpointer
@@ -35,6 +43,12 @@ from experiments.metric_writer import MetricWriter
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def default_data_workers() -> int:
+    """Host pipeline threads when ``--data_workers=0``: half the cores (XLA computes on the
+    others), at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def derive_seed(seed: int, tag: int) -> int:
@@ -122,6 +136,7 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), log=log)
         self.hyper = cfg_lib.has_hyper_steps(config.method)
+        self.data_workers = config.data_workers or default_data_workers()
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, state, which: str) -> dict[str, Any]:
@@ -148,35 +163,61 @@ class Trainer:
         return out
 
     # ---------------------------------------------------------------- passes
+    def _dispatch(self, produce: Callable[[int], Any], num_steps: int, k: int) -> Any:
+        """Yields ``(first, n, device_args)`` for the dispatches of a pass of ``num_steps``
+        steps, K = ``k`` at a time (the last dispatch may hold n < k real steps).
+
+        ``produce(j)`` gives the host batch (or tuple of batches) of the pass's step j;
+        the worker threads stack K of them (padding the last dispatch), place them on the
+        mesh and hand back ``(*stacked batches, valid)`` ahead of the step.
+        """
+        def chunk(plan):
+            first, n = plan
+            stacked, valid = pipeline.stack_batches([produce(j) for j in range(first, first + n)], k)
+            parts = stacked if isinstance(stacked, tuple) else (stacked,)
+            return (*[_global_stacked(b, self.mesh) for b in parts],
+                    jax.make_array_from_process_local_data(
+                        parallel.replicated_sharding(self.mesh), valid))
+
+        plan = [(s, min(k, num_steps - s)) for s in range(0, num_steps, k)]
+        for (first, n), args in pipeline.prefetched(chunk, iter(plan), 2,
+                                                    workers=self.data_workers):
+            yield first, n, args
+
     def hyper_pass(self, state, epoch: int, counters: dict) -> tuple[Any, dict]:
         p = self.pipes
         first = (epoch - self.c.hyper_start_epoch) * p.hyper_steps_per_epoch
 
-        def produce(k):
+        def produce(j):
+            k = first + j
             return (p.hyper_train.batch(*_loader_position(p.hyper_train, k)),
                     p.hyper_val.batch(*_loader_position(p.hyper_val, k)))
 
         metrics = []
-        for _, (tb, vb) in pipeline.prefetched(produce, iter(range(first, first + p.hyper_steps_per_epoch)), 2):
-            state, m = train.hyper_step(state, parallel.global_batch(tb, self.mesh),
-                                        parallel.global_batch(vb, self.mesh), self.step_cfg,
-                                        self.mesh)
-            metrics.append(m)
-            counters["hyper_images"] += self.c.hyper_batch_size
+        k = min(self.c.steps_per_dispatch, p.hyper_steps_per_epoch)
+        for _, n, (tbs, vbs, valid) in self._dispatch(produce, p.hyper_steps_per_epoch, k):
+            state, m = train.hyper_steps(state, tbs, vbs, valid, self.step_cfg, self.mesh)
+            metrics.append((m, n))
+            counters["hyper_images"] += n * self.c.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
 
     def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
         metrics = []
-        p = self.pipes
-        for _, s, batch in p.train.iterate(epoch, 0, p.steps_per_epoch):
-            state, m = train.inner_step(state, parallel.global_batch(batch, self.mesh),
-                                        self.step_cfg, self.mesh)
-            metrics.append(m)
-            counters["train_images"] += self.c.batch_size
-            counters["step"] += 1
-            if self.c.log_every and (s + 1) % self.c.log_every == 0 and s + 1 < p.steps_per_epoch:
-                last = _mean_metrics(metrics[-self.c.log_every:], "train_")
-                self._progress(epoch, s + 1, last, counters, t0)
+        p, c = self.pipes, self.c
+        k = min(c.steps_per_dispatch, p.steps_per_epoch)
+        since_log = 0
+        for first, n, (batches, valid) in self._dispatch(lambda j: p.train.batch(epoch, j),
+                                                         p.steps_per_epoch, k):
+            state, m = train.inner_steps(state, batches, valid, self.step_cfg, self.mesh)
+            metrics.append((m, n))
+            counters["train_images"] += n * c.batch_size
+            counters["step"] += n
+            done = first + n
+            if c.log_every and done // c.log_every > first // c.log_every and \
+                    done < p.steps_per_epoch:
+                self._progress(epoch, done, _mean_metrics(metrics[since_log:], "train_"),
+                               counters, t0)
+                since_log = len(metrics)
         return state, _mean_metrics(metrics, "train_")
 
     def _progress(self, epoch: int, step_in_epoch: int, m: dict, counters: dict, t0: float,
@@ -294,17 +335,32 @@ class Trainer:
         return out
 
 
-def _mean_metrics(metrics: list[dict], prefix: str) -> dict[str, float]:
-    """Means over steps of each scalar metric (one host transfer for the whole list)."""
+def _mean_metrics(metrics: list[tuple[dict, int]], prefix: str) -> dict[str, float]:
+    """Means over steps of each scalar metric.
+
+    Args:
+        metrics: ``(stacked metrics, n)`` per dispatch: every leaf (K, ...), of which the
+            first n steps are real (one host transfer for the whole list).
+        prefix: prepended to each name (unless it already starts with it).
+    """
     if not metrics:
         return {}
-    host = jax.device_get(metrics)
+    host = jax.device_get([m for m, _ in metrics])
     out = {}
     for k in host[0]:
-        vals = np.asarray([np.asarray(m[k], np.float64) for m in host])
+        vals = np.concatenate([np.asarray(m[k], np.float64)[:n]
+                               for m, (_, n) in zip(host, metrics)])
         if vals.ndim == 1:
             out[prefix + k if not k.startswith(prefix) else k] = float(vals.mean())
     return out
+
+
+def _global_stacked(host_tree: Any, mesh) -> Any:
+    """K stacked host batches as global arrays sharded ``P(None, "data")`` (the batch
+    axis, axis 1, split over the mesh like ``parallel.global_batch`` splits axis 0)."""
+    sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        host_tree)
 
 
 def train_and_evaluate(config: cfg_lib.Config, workdir: str,

@@ -86,6 +86,28 @@ def test_resume_reaches_the_same_result(finished, tmp_path):
     assert [r["epoch"] for r in read_metrics(str(tmp_path), "epoch")] == [1, 2]
 
 
+def test_steps_per_dispatch_and_workers_do_not_change_results(tmp_path):
+    """3 steps per pass: K = 2 (a padded second dispatch) with one pipeline thread equals
+    K = 1 with three threads, bitwise (summary and final table)."""
+    three = dict(TINY, max_steps_per_epoch=3)
+    a = _run(tmp_path / "k2", **three, steps_per_dispatch=2, data_workers=1)
+    b = _run(tmp_path / "k1", **three, steps_per_dispatch=1, data_workers=3)
+    assert a["train_images"] == b["train_images"] == 2 * 3 * 8
+    assert a["hyper_images"] == b["hyper_images"] == 3 * 16
+    for key in ("test_accuracy_final", "per_class_accuracy_final", "epochs",
+                "weight_auc_clean_vs_noisy"):
+        assert a[key] == b[key], key
+
+    def metrics(wd):   # train/hyper loss means etc. of every epoch, timings left out
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")}
+                for r in read_metrics(str(wd), "epoch")]
+    assert metrics(tmp_path / "k2") == metrics(tmp_path / "k1")
+    ta = artifacts.load_final_table(str(tmp_path / "k2"))
+    tb = artifacts.load_final_table(str(tmp_path / "k1"))
+    for k in ("aug_p", "aug_m", "weight", "soft"):
+        np.testing.assert_array_equal(ta[k], tb[k])
+
+
 def test_corrupt_checkpoint_falls_back(finished, tmp_path):
     _run(tmp_path, **TINY)
     ckpt = tmp_path / "checkpoints"
