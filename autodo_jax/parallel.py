@@ -166,32 +166,41 @@ def host_shards(mesh: Mesh, global_size: int) -> tuple[tuple[int, slice], ...]:
     return tuple((k, slice(k * per, (k + 1) * per)) for k in _local_data_positions(mesh))
 
 
-def global_batch(host_batch_tree: Any, mesh: Mesh) -> Any:
+def global_batch(host_batch_tree: Any, mesh: Mesh, *, axis: int = 0) -> Any:
     """Assembles this process's blocks of a batch into global arrays sharded ``P("data")``.
 
     Args:
-      host_batch_tree: pytree of arrays whose axis 0 is the concatenation of this
-        process's blocks of the global batch in :func:`host_shards` order (the whole batch
-        on a single host).
+      host_batch_tree: pytree of arrays whose batch axis ``axis`` is the concatenation of
+        this process's blocks of the global batch in :func:`host_shards` order (the whole
+        batch on a single host).
       mesh: mesh with axis ``"data"``.
+      axis: the batch axis; 1 for K batches stacked on a leading axis (multi-step
+        dispatches), sharded ``P(None, "data")``.
 
     Returns:
-      The same pytree of ``jax.Array``; global leading size = local size x n / (blocks
-      held here).
+      The same pytree of ``jax.Array``; global size along ``axis`` = local size x n /
+      (blocks held here).
     """
-    sharding = data_sharding(mesh)
+    sharding = NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
     positions = _local_data_positions(mesh)
     n = mesh.shape[DATA_AXIS]
 
     def one(x):
         x = np.asarray(x)
-        if x.shape[0] % len(positions):
-            raise ValueError(f"host batch of {x.shape[0]} rows does not split into the "
+        if x.shape[axis] % len(positions):
+            raise ValueError(f"host batch of {x.shape[axis]} rows does not split into the "
                              f"{len(positions)} blocks of this process")
-        per = x.shape[0] // len(positions)
-        shape = (per * n,) + x.shape[1:]
-        offset = {rows.start: i * per for i, (_, rows) in enumerate(host_shards(mesh, shape[0]))}
-        pieces = [jax.device_put(x[offset[idx[0].start or 0]:][:per], d)
+        per = x.shape[axis] // len(positions)
+        shape = x.shape[:axis] + (per * n,) + x.shape[axis + 1:]
+        offset = {rows.start: i * per
+                  for i, (_, rows) in enumerate(host_shards(mesh, shape[axis]))}
+        lead = (slice(None),) * axis
+
+        def block(idx):   # this device's rows, out of the local concatenation
+            start = offset[idx[axis].start or 0]
+            return x[lead + (slice(start, start + per),)]
+
+        pieces = [jax.device_put(block(idx), d)
                   for d, idx in sharding.addressable_devices_indices_map(shape).items()]
         return jax.make_array_from_single_device_arrays(shape, sharding, pieces)
 

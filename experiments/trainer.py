@@ -31,11 +31,9 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from autodo_jax import augment, parallel, train
 from autodo_jax.data import pipeline, transforms
-from autodo_jax.tables import DATA_AXIS
 from experiments import artifacts, run_setup, summary as summary_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import Checkpointer
@@ -175,7 +173,7 @@ class Trainer:
             first, n = plan
             stacked, valid = pipeline.stack_batches([produce(j) for j in range(first, first + n)], k)
             parts = stacked if isinstance(stacked, tuple) else (stacked,)
-            return (*[_global_stacked(b, self.mesh) for b in parts],
+            return (*[parallel.global_batch(b, self.mesh, axis=1) for b in parts],
                     jax.make_array_from_process_local_data(
                         parallel.replicated_sharding(self.mesh), valid))
 
@@ -353,14 +351,6 @@ def _mean_metrics(metrics: list[tuple[dict, int]], prefix: str) -> dict[str, flo
         if vals.ndim == 1:
             out[prefix + k if not k.startswith(prefix) else k] = float(vals.mean())
     return out
-
-
-def _global_stacked(host_tree: Any, mesh) -> Any:
-    """K stacked host batches as global arrays sharded ``P(None, "data")`` (the batch
-    axis, axis 1, split over the mesh like ``parallel.global_batch`` splits axis 0)."""
-    sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                        host_tree)
 
 
 def train_and_evaluate(config: cfg_lib.Config, workdir: str,

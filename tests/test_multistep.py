@@ -102,3 +102,16 @@ def test_jit_multi_step_is_generic_and_checks_shapes():
         train.scan_steps(step, np.zeros(2), (xs, ys[:2]))
     with pytest.raises(ValueError, match="valid must have shape"):
         train.scan_steps(step, np.zeros(2), (xs, ys), np.array([True]))
+
+
+def test_global_batch_axis_1_shards_the_batch_axis_of_stacked_batches():
+    from autodo_jax import parallel
+    mesh = parallel.make_mesh()
+    n = mesh.shape["data"]
+    host = np.arange(3 * 2 * n * 5).reshape(3, 2 * n, 5)
+    arr = parallel.global_batch({"x": host}, mesh, axis=1)["x"]
+    assert arr.shape == host.shape and tuple(arr.sharding.spec) == (None, "data")
+    np.testing.assert_array_equal(np.asarray(arr), host)
+    for shard in arr.addressable_shards:
+        assert shard.data.shape == (3, 2, 5)
+        np.testing.assert_array_equal(np.asarray(shard.data), host[shard.index])
