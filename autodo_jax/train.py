@@ -6,6 +6,9 @@
 - :func:`inner_step` (model SGD step with λ fixed), :func:`hyper_step` (implicit
   hypergradient and row-sparse RMSprop on the batch's table rows), :func:`eval_step`,
   :func:`check_finite`; :func:`table_hypergrads` (the hypergradient part of the hyper step).
+- :func:`reweight_step` / :func:`reweight_steps`: the inner step of the competitors that
+  reweight each batch by a look-ahead on a clean batch (``StepConfig.reweight`` "l2rw",
+  "mwn"; ``autodo_jax.reweight``), and :func:`mwn_weight_curve`.
 - :func:`inner_steps`, :func:`hyper_steps`: K steps per dispatch (``lax.scan`` over
   stacked batches); :func:`scan_steps` / :func:`jit_multi_step` for any other step.
 
@@ -13,14 +16,17 @@ Every step runs unchanged on one device or sharded over a mesh (batch ``P("data"
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
 from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, IMPLICIT_THETAS, LR_FIELDS,
-                                               SOFT_NORMS, SOLVERS,
+                                               REWEIGHTS, SOFT_NORMS, SOLVERS,
                                                TABLE_OPTIMIZERS, StepConfig, hyper_lr_schedule,
                                                inner_optimizer, lr_schedule, make_solver,
-                                               model_from_config, table_optimizer)
+                                               model_from_config, mwn_optimizer,
+                                               table_optimizer)
 from autodo_jax._src.train.state import (TrainState, autodo_table_init, create_train_state,
                                          place_state)
 from autodo_jax._src.train.multistep import (hyper_steps, inner_steps, jit_multi_step,
                                              scan_steps)
+from autodo_jax._src.train.reweight_steps import (mwn_weight_curve, reweight_step,
+                                                  reweight_steps)
 from autodo_jax._src.train.steps import (check_finite, eval_step, hyper_step, inner_step,
                                          table_hypergrads)
 from autodo_jax.models import get_model
@@ -29,6 +35,7 @@ __all__ = [
     "COMPUTE_DTYPES",
     "IMPLICIT_THETAS",
     "LR_FIELDS",
+    "REWEIGHTS",
     "SOFT_NORMS",
     "SOLVERS",
     "TABLE_OPTIMIZERS",
@@ -49,7 +56,11 @@ __all__ = [
     "lr_schedule",
     "make_solver",
     "model_from_config",
+    "mwn_optimizer",
+    "mwn_weight_curve",
     "place_state",
+    "reweight_step",
+    "reweight_steps",
     "scan_steps",
     "table_hypergrads",
     "table_optimizer",

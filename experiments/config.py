@@ -34,6 +34,8 @@ from autodo_jax.data import distortion
 #:   learn: fields of the per-example table learned by hyper steps ("" = no hyper steps).
 #:   shared: the augmentation row is shared by the whole dataset (lambda^A_SHA).
 #:   train_on: "train" | "val" | "train+val".
+#:   reweight (optional, default "none"): the inner step reweights every batch by a
+#:         look-ahead on a clean validation batch (train.REWEIGHTS: "l2rw", "mwn").
 METHODS: dict[str, dict[str, Any]] = {
     "none": dict(host="none", learn="", shared=False, train_on="train"),
     "crop_flip": dict(host="standard", learn="", shared=False, train_on="train"),
@@ -46,6 +48,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "autodo_aws": dict(host="colour", learn="AWS", shared=False, train_on="train"),
     "val_only": dict(host="standard", learn="", shared=False, train_on="val"),
     "train_plus_val": dict(host="standard", learn="", shared=False, train_on="train+val"),
+    # competitors (issue 13): the same host augmentation as AutoDO (colour subset) for the
+    # two that use the clean split; TrivialAugment Wide uses nothing clean.
+    "trivialaugment": dict(host="trivialaugment", learn="", shared=False, train_on="train"),
+    "l2rw": dict(host="colour", learn="", shared=False, train_on="train", reweight="l2rw"),
+    "mwn": dict(host="colour", learn="", shared=False, train_on="train", reweight="mwn"),
 }
 
 TRISTATE = ("auto", "true", "false")
@@ -58,6 +65,16 @@ def learns(method: str, field: str) -> bool:
 
 def has_hyper_steps(method: str) -> bool:
     return bool(METHODS[method]["learn"])
+
+
+def reweights(method: str) -> str:
+    """The inner step's reweighting of `method`: "none", "l2rw" or "mwn"."""
+    return METHODS[method].get("reweight", "none")
+
+
+def uses_val_batches(method: str) -> bool:
+    """Whether `method`'s steps read clean validation batches (hyper or look-ahead steps)."""
+    return has_hyper_steps(method) or reweights(method) != "none"
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,8 +148,12 @@ class Config:
     curvature: str = _f("hessian", "Curvature of the inner problem.", choices=implicit.CURVATURES)
     symmetric_kl: str = _f("auto", "Symmetric KL for soft labels (auto = when IR != 1 or NR > 0).",
                            choices=TRISTATE)
-    colour_policy: bool = _f(True, "autodo_* methods: apply the dataset's colour subset policy on the host.")
+    colour_policy: bool = _f(True, "autodo_*, l2rw, mwn: apply the dataset's colour subset policy on the host.")
     upsample: int = _f(1, "Super-sampling factor of the learned warp (the original: 4).")
+    mwn_lr: float = _f(1e-3, "mwn: Adam learning rate of the Meta-Weight-Net MLP (constant; "
+                             "the authors' noisy-label code).")
+    mwn_normalize: bool = _f(False, "mwn: weights V/sum(V) per batch (the authors' imbalance "
+                                    "code) instead of V/B (the paper's equations).")
     # run control
     seed: int = _f(0, "Seed of everything (split, init, order, augmentation).")
     checkpoint_every: int = _f(5, "Checkpoint every this many epochs (and at the end).")
@@ -210,7 +231,8 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
         hyper_warmup_steps=int(round(min(c.warmup_epochs, hyper_epochs) * hyper_steps_per_epoch)),
         hyper_total_steps=hyper_total, solver=c.solver, solver_iters=c.solver_iters,
         nystrom_rank=c.solver_iters, neumann_alpha=c.neumann_alpha,
-        neumann_scale=c.neumann_scale, curvature=c.curvature)
+        neumann_scale=c.neumann_scale, curvature=c.curvature, reweight=reweights(c.method),
+        mwn_lr=c.mwn_lr, mwn_normalize=c.mwn_normalize)
 
 
 def parse_image_size(text: str) -> tuple[int, int] | None:
@@ -318,7 +340,7 @@ def static_errors(config: Config) -> list[str]:
                  "checkpoint_every", "upsample", "steps_per_dispatch"):
         need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
     need(0 <= c.data_workers <= 64, "data_workers", "allowed: an integer in [0, 64] (0 = auto)")
-    for name in ("learning_rate", "hyper_lr", "neumann_alpha"):
+    for name in ("learning_rate", "hyper_lr", "neumann_alpha", "mwn_lr"):
         v = getattr(c, name)
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
@@ -346,6 +368,10 @@ def static_errors(config: Config) -> list[str]:
     if c.symmetric_kl != "auto" and not learns(c.method, "S"):
         errs.append(f"--symmetric_kl={c.symmetric_kl}: only applies to methods that learn soft "
                     f"labels (autodo_aws), not --method={c.method}; leave it at auto")
+    for name, default in (("mwn_lr", 1e-3), ("mwn_normalize", False)):
+        if getattr(c, name) != default and reweights(c.method) != "mwn":
+            errs.append(f"--{name}={getattr(c, name)}: only applies to --method=mwn, not "
+                        f"--method={c.method}")
     if c.upsample != 1 and not learns(c.method, "A"):
         errs.append(f"--upsample={c.upsample}: only applies to the learned warp of autodo_* "
                     f"methods, not --method={c.method}")
@@ -353,9 +379,9 @@ def static_errors(config: Config) -> list[str]:
     if train_on != "train":
         need(c.ablation == "none", "ablation",
              f"only 'none' with --method={c.method} (it uses the validation split for training)")
-    if c.ablation == "overfit" and not hyper:
-        errs.append(f"--ablation=overfit: only changes the hyper steps' validation batches; "
-                    f"--method={c.method} has none")
+    if c.ablation == "overfit" and not uses_val_batches(c.method):
+        errs.append(f"--ablation=overfit: only changes the validation batches of hyper or "
+                    f"look-ahead steps; --method={c.method} has none")
     return errs
 
 
@@ -376,14 +402,19 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
     if c.batch_size > rows:
         errs.append(f"--batch_size={c.batch_size}: larger than the {rows} training examples of "
                     f"--method={c.method} (after IR/NR/SR); allowed: <= {rows}")
+    val_rows = {"none": num_val, "overfit": num_test, "oversplit": num_train}[c.ablation]
     if has_hyper_steps(c.method):
         if c.hyper_batch_size > num_train:
             errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {num_train} "
                         f"train rows; allowed: <= {num_train}")
-        val_rows = {"none": num_val, "overfit": num_test, "oversplit": num_train}[c.ablation]
         if c.hyper_batch_size > val_rows:
             errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {val_rows} "
                         f"validation examples; allowed: <= {val_rows}")
+    if reweights(c.method) != "none":
+        if c.batch_size > val_rows:
+            errs.append(f"--batch_size={c.batch_size}: --method={c.method} draws clean batches "
+                        f"of this size from the {val_rows} validation examples; allowed: "
+                        f"<= {val_rows}")
     if c.num_devices > num_devices:
         errs.append(f"--num_devices={c.num_devices}: only {num_devices} devices are visible")
     n = c.num_devices or num_devices

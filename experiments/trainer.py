@@ -63,6 +63,7 @@ class Pipes:
     hyper_val: pipeline.BatchLoader | None
     hyper_steps_per_epoch: int
     eval_transform: Any
+    reweight_val: pipeline.BatchLoader | None = None   # clean batches of l2rw / mwn steps
 
 
 def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
@@ -93,7 +94,13 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
                                        shards=hyper_shards)
         hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
         hspe = min(hspe, cap or hspe)
-    return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf)
+    reweight_val = None
+    if cfg_lib.reweights(c.method) != "none":   # one clean batch (train batch size) per step
+        rs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards, c.batch_size,
+                                        derive_seed(c.seed, 8))
+        reweight_val = pipeline.ValLoader(src, split, rs, eval_tf, derive_seed(c.seed, 9),
+                                          shards=parallel.host_shards(mesh, c.batch_size))
+    return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf, reweight_val)
 
 
 def _loader_position(loader: pipeline.BatchLoader, k: int) -> tuple[int, int]:
@@ -199,14 +206,29 @@ class Trainer:
             counters["hyper_images"] += n * self.c.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
 
+    def _train_produce(self, epoch: int) -> Callable[[int], Any]:
+        """Host batch(es) of step j of a train pass: the train batch, plus a clean
+        validation batch for look-ahead methods (l2rw, mwn)."""
+        p = self.pipes
+        if p.reweight_val is None:
+            return lambda j: p.train.batch(epoch, j)
+        first = epoch * p.steps_per_epoch
+        return lambda j: (p.train.batch(epoch, j),
+                          p.reweight_val.batch(*_loader_position(p.reweight_val, first + j)))
+
+    def _train_steps(self, state, args):
+        """K inner steps on placed stacked batches ``(*batches, valid)``."""
+        if self.pipes.reweight_val is None:
+            return train.inner_steps(state, *args, self.step_cfg, self.mesh)
+        return train.reweight_steps(state, *args, self.step_cfg, self.mesh)
+
     def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
         metrics = []
         p, c = self.pipes, self.c
         k = min(c.steps_per_dispatch, p.steps_per_epoch)
         since_log = 0
-        for first, n, (batches, valid) in self._dispatch(lambda j: p.train.batch(epoch, j),
-                                                         p.steps_per_epoch, k):
-            state, m = train.inner_steps(state, batches, valid, self.step_cfg, self.mesh)
+        for first, n, args in self._dispatch(self._train_produce(epoch), p.steps_per_epoch, k):
+            state, m = self._train_steps(state, args)
             metrics.append((m, n))
             counters["train_images"] += n * c.batch_size
             counters["step"] += n
@@ -327,10 +349,25 @@ class Trainer:
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
                    "num_devices": int(self.mesh.size), "epochs": c.epochs,
-                   "workdir": os.path.abspath(self.workdir), **src.notes()})
+                   "workdir": os.path.abspath(self.workdir), **src.notes(), **mwn_curve(state)})
         if self.is_main:
             artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
         return out
+
+
+#: Loss values at which summary.json records the learned Meta-Weight-Net weight V(loss).
+MWN_CURVE_LOSSES = tuple(0.5 * i for i in range(21))
+
+
+def mwn_curve(state: train.TrainState) -> dict[str, Any]:
+    """``{"mwn_weight_curve": {"loss": [...], "weight": [...]}}`` for a Meta-Weight-Net
+    state (``{}`` otherwise): the learned weighting function on a grid of losses."""
+    if not state.meta:
+        return {}
+    weight = train.mwn_weight_curve(state, np.asarray(MWN_CURVE_LOSSES, np.float32))
+    weight = parallel.fetch(weight)
+    return {"mwn_weight_curve": {"loss": list(MWN_CURVE_LOSSES),
+                                 "weight": [float(w) for w in weight]}}
 
 
 def _mean_metrics(metrics: list[tuple[dict, int]], prefix: str) -> dict[str, float]:
@@ -378,5 +415,6 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
 def print_summary(summary: dict[str, Any]) -> None:
     """Prints the summary without the long per-class and per-epoch parts, then its path."""
     short = {k: v for k, v in summary.items()
-             if k not in ("epochs", "per_class_accuracy_final", "class_names")}
+             if k not in ("epochs", "per_class_accuracy_final", "class_names",
+                           "mwn_weight_curve")}
     print(json.dumps(short, indent=2))

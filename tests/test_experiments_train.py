@@ -144,8 +144,41 @@ def test_every_method_mnist5k(method, tmp_path):
     assert os.path.exists(tmp_path / "final_table.npz") == method.startswith("autodo")
 
 
+COMPETITORS = ("trivialaugment", "l2rw", "mwn")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", COMPETITORS)
+def test_competitor_methods_mnist5k(method, tmp_path):
+    s = _run(tmp_path, **TINY, method=method)
+    assert 0.0 <= s["test_accuracy_final"] <= 1.0
+    assert s["hyper_images"] == 0 and not os.path.exists(tmp_path / "final_table.npz")
+    assert s["train_images"] == 2 * 2 * TINY["batch_size"] and s["wall_time_s"] > 0
+    epochs = read_metrics(str(tmp_path), "epoch")
+    if method == "trivialaugment":
+        assert "train_val_loss" not in epochs[-1]
+        return
+    assert 0.0 < epochs[-1]["train_kept_fraction"] <= 1.0      # look-ahead step metrics
+    assert np.isfinite(epochs[-1]["train_val_loss"]) and epochs[-1]["train_finite"] == 1.0
+    curve = s.get("mwn_weight_curve")
+    assert (curve is not None) == (method == "mwn")
+    if curve:
+        assert len(curve["loss"]) == len(curve["weight"]) == 21
+        assert all(0.0 < w < 1.0 for w in curve["weight"])
+
+
+@pytest.mark.slow
+def test_competitor_methods_tfds_mock(tmp_path):
+    rows = run_setup.load_data(cfg_lib.Config(**TINY)).split.num_train
+    with tfds.testing.mock_data(num_examples=rows + 40):
+        for method in COMPETITORS:
+            s = _run(tmp_path / method, **dict(TINY, subsample_ratio=1.0, val_size=40,
+                                               imbalance_ratio=1.0), dataset="mnist", method=method)
+            assert s["num_train"] == rows and 0.0 <= s["test_accuracy_final"] <= 1.0, method
+
+
 @pytest.mark.parametrize("dataset, methods", [
-    ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada"})),
+    ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
     ("cifar10", ["fast_aa", "dada"]),
 ])
 def test_every_method_tfds_mock(dataset, methods, tmp_path):

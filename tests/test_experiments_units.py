@@ -54,6 +54,10 @@ def test_choices_are_the_library_names():
     (dict(learning_rate=float("nan")), "--learning_rate"),
     (dict(hyper_lr_soft=-0.1), "--hyper_lr_soft"),
     (dict(rmsprop_decay=1.0), "--rmsprop_decay"),
+    (dict(method="l2rw", mwn_lr=0.01), "--mwn_lr"),
+    (dict(method="mwn", mwn_lr=0.0), "--mwn_lr"),
+    (dict(method="autodo_aws", mwn_normalize=True), "--mwn_normalize"),
+    (dict(method="trivialaugment", ablation="overfit"), "--ablation"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
     errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))
@@ -72,6 +76,14 @@ def test_data_errors():
     assert errs[0].startswith("--model=small_cnn") and "too small" in errs[0]
     assert cfg_lib.data_errors(c.replace(method="val_only", batch_size=1000), **ok)[0].startswith(
         "--batch_size=1000")
+    # look-ahead methods draw clean batches of the train batch size
+    errs = cfg_lib.data_errors(c.replace(method="mwn", batch_size=512), **ok)
+    assert len(errs) == 1 and errs[0].startswith("--batch_size=512: --method=mwn draws clean")
+    assert cfg_lib.data_errors(c.replace(method="l2rw", ablation="overfit", batch_size=512),
+                               **ok) == []
+    assert cfg_lib.static_errors(c.replace(method="l2rw", ablation="overfit")) == []
+    cfg = cfg_lib.step_config(c.replace(method="mwn", mwn_lr=0.01), 10, 60, 0)
+    assert (cfg.reweight, cfg.mwn_lr, cfg.learns_anything) == ("mwn", 0.01, False)
 
 
 def test_config_mismatch_ignores_non_result_fields():

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from autodo_jax import augment, losses, parallel, tables
+from autodo_jax import augment, losses, parallel, reweight, tables
 from autodo_jax._src.train.step_config import (StepConfig, inner_optimizer, model_from_config,
-                                               table_optimizer)
+                                               mwn_optimizer, table_optimizer)
 from autodo_jax.models import init_variables
 
 PyTree = Any
@@ -31,6 +31,9 @@ class TrainState(flax.struct.PyTreeNode):
         step: int32 scalar, inner steps done.
         hyper_count: int32 scalar, hyper steps done (skipped ones included).
         rng: uint32 (2,) raw PRNG key data; step keys are folded in from it.
+        meta: meta-learned parameters outside the tables: ``{"params": MLP params,
+            "opt_state": their Adam state}`` for Meta-Weight-Net (``cfg.reweight ==
+            "mwn"``), ``{}`` otherwise; replicated.
     """
 
     params: PyTree
@@ -41,6 +44,7 @@ class TrainState(flax.struct.PyTreeNode):
     step: jax.Array
     hyper_count: jax.Array
     rng: jax.Array
+    meta: PyTree = flax.struct.field(default_factory=dict)
 
 
 def autodo_table_init(labels: Any, num_classes: int, *, aug: bool, shared_aug: bool = False,
@@ -117,8 +121,16 @@ def create_train_state(key: jax.Array, cfg: StepConfig, table: tables.Table,
         step=jnp.zeros((), jnp.int32),
         hyper_count=jnp.zeros((), jnp.int32),
         rng=_raw_key(rng_key),
+        meta=_meta_init(jax.random.fold_in(key, 1), cfg),
     )
     return place_state(state, mesh) if mesh is not None else state
+
+
+def _meta_init(key: jax.Array, cfg: StepConfig) -> PyTree:
+    if cfg.reweight != "mwn":
+        return {}
+    mwn = reweight.mwn_init(key, cfg.mwn_hidden)
+    return {"params": mwn, "opt_state": mwn_optimizer(cfg).init(mwn)}
 
 
 def place_state(state: TrainState, mesh: Mesh) -> TrainState:

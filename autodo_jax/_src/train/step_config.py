@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from autodo_jax import implicit, losses, tables
+from autodo_jax import reweight as reweight_lib
 from autodo_jax.models import MODEL_NAMES, Classifier, get_model
 
 SOLVERS = ("neumann", "identity", "cg", "nystrom")
@@ -18,6 +19,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 #: Row optimizers of the tables: "rmsprop_local" (row-local time, scale-free: the default)
 #: and "rmsprop_global" (the original's dense RMSprop clock, reproduced exactly).
 TABLE_OPTIMIZERS = ("rmsprop_local", "rmsprop_global")
+#: Per-batch reweighting of the inner step by a look-ahead on a clean batch
+#: (``autodo_jax.reweight``): none, Learning to Reweight, Meta-Weight-Net.
+REWEIGHTS = ("none", "l2rw", "mwn")
 #: Table fields of each learning-rate group.
 LR_FIELDS = {"aug": ("aug_p", "aug_m"), "weight": ("weight",), "soft": ("soft",)}
 #: What the implicit differentiation treats as θ (the inner solution):
@@ -80,6 +84,11 @@ class StepConfig:
         nystrom_rank, nystrom_rho: sketch size and damping of the Nyström solver.
         curvature: "hessian" (the original), "gauss_newton" or "empirical_fisher".
         hypergrad_mode: derivative mode passed to ``implicit.hypergrad`` ("joint", ...).
+        reweight: one of ``REWEIGHTS``; "l2rw" / "mwn" train with
+            :func:`~autodo_jax._src.train.reweight_steps.reweight_step` (no table).
+        mwn_hidden: hidden units of the Meta-Weight-Net MLP.
+        mwn_lr, mwn_weight_decay: its Adam learning rate (constant) and coupled decay.
+        mwn_normalize: MWN weights V/ΣV instead of V/B.
     """
 
     model: str = "small_cnn"
@@ -119,6 +128,11 @@ class StepConfig:
     nystrom_rho: float = 1e-3
     curvature: str = "hessian"
     hypergrad_mode: str = "joint"
+    reweight: str = "none"
+    mwn_hidden: int = reweight_lib.MWN_HIDDEN
+    mwn_lr: float = reweight_lib.MWN_LEARNING_RATE
+    mwn_weight_decay: float = reweight_lib.MWN_WEIGHT_DECAY
+    mwn_normalize: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -159,6 +173,13 @@ class StepConfig:
         need(self.hypergrad_mode in implicit.MODES, "hypergrad_mode",
              f"one of {implicit.MODES}")
         need(self.solver_iters >= 0, "solver_iters", ">= 0")
+        need(self.reweight in REWEIGHTS, "reweight", f"one of {REWEIGHTS}")
+        need(self.reweight == "none" or not self.learns_anything, "reweight",
+             '"none" when a table is learned (learn_aug/learn_weight/learn_soft)')
+        need(isinstance(self.mwn_hidden, int) and self.mwn_hidden >= 1, "mwn_hidden",
+             "an int >= 1")
+        need(self.mwn_lr > 0 and self.mwn_weight_decay >= 0, "mwn_lr",
+             "> 0 (and mwn_weight_decay >= 0)")
 
     @property
     def learns_anything(self) -> bool:
@@ -231,6 +252,11 @@ def table_optimizer(cfg: StepConfig) -> tables.RowOptimizer:
     vector = ("soft",) if cfg.soft_norm == "row" else ()
     return tables.row_rmsprop_local(lrs, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps,
                                     vector_fields=vector)
+
+
+def mwn_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+    """The Meta-Weight-Net MLP's optimizer (``reweight.mwn_optimizer``) of ``cfg``."""
+    return reweight_lib.mwn_optimizer(cfg.mwn_lr, cfg.mwn_weight_decay)
 
 
 def make_solver(cfg: StepConfig, key: jax.Array) -> Any:
