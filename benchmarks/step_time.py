@@ -18,10 +18,18 @@ step without augmentation or table: the floor of a Flax training step), then one
 ``..._cpu``, the ratio of process CPU time, steadier on a shared machine); the last line is
 ``{"hyper_over_inner_per_image_max": ...}`` (target <= 0.9). Inner and hyper steps are
 timed in interleaved rounds so that load drift on a shared machine hits both alike.
+
+``--reweight`` adds the competitors' look-ahead inner steps (``train.reweight_step``:
+"l2rw" and "mwn", no table, a clean batch of the train batch's size per step, as
+``experiments.train`` runs them) and one line per case ``{"l2rw_over_plain_per_image",
+"mwn_over_plain_per_image"}`` (+ ``_cpu``): their cost per train image relative to the
+plain step (issue 13's target: <= 3). Example for the mnist5k default model:
+``python -m benchmarks.step_time --cases small_cnn:32:1 --reweight``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -50,7 +58,11 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-step floor")
+    parser.add_argument("--reweight", action="store_true",
+                        help="also time the l2rw and mwn inner steps against the plain step")
     args = parser.parse_args(argv)
+    if args.reweight and args.no_plain:
+        parser.error("--reweight needs the plain step (drop --no-plain)")
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
     args.cases = []
     for case in cases:
@@ -131,6 +143,12 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
                                              plain_cfg)
         phases["plain"] = lambda s, b: plain(s, b)
     states = {"inner": state, "hyper": state, "plain": plain_state}
+    for method in (train.REWEIGHTS[1:] if args.reweight else ()):
+        rcfg = dataclasses.replace(plain_cfg, reweight=method)
+        states[method] = train.create_train_state(jax.random.key(0), rcfg, {}, shape)
+        step, compile_s[method] = _compile(train.reweight_step, states[method], batches[0],
+                                           val, rcfg)
+        phases[method] = lambda s, b, step=step: step(s, b, val)
     times = {phase: [] for phase in phases}
     for _ in range(args.rounds + 1):  # round 0 warms up (first calls, allocations)
         for phase, call in phases.items():
@@ -146,18 +164,28 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
     records.append({"model": model, "batch": batch, "upsample": upsample,
                     "hyper_over_inner_per_image": ratio["ms_median"],
                     "hyper_over_inner_per_image_cpu": ratio["cpu_ms_median"]})
+    if args.reweight:
+        line = {"model": model, "batch": batch, "upsample": upsample}
+        for method in train.REWEIGHTS[1:]:
+            for key, suffix in (("ms_median", ""), ("cpu_ms_median", "_cpu")):
+                line[f"{method}_over_plain_per_image{suffix}"] = round(
+                    by_phase[method][key] / by_phase["plain"][key], 3)
+        records.append(line)
     return records
 
 
 def main(argv=None) -> None:
     args = _parse(argv)
-    ratios = []
+    ratios = {"hyper_over_inner_per_image": []}
+    ratios.update({f"{m}_over_plain_per_image": [] for m in train.REWEIGHTS[1:]
+                   if args.reweight})
     for model, batch, upsample in args.cases:
         for record in run_case(model, batch, upsample, args):
             print(json.dumps(record), flush=True)
-            if "hyper_over_inner_per_image" in record:
-                ratios.append(record["hyper_over_inner_per_image"])
-    print(json.dumps({"hyper_over_inner_per_image_max": max(ratios),
+            for name, values in ratios.items():
+                if name in record:
+                    values.append(record[name])
+    print(json.dumps({**{f"{name}_max": max(v) for name, v in ratios.items()},
                       "devices": jax.device_count(), "backend": jax.default_backend()}))
 
 
