@@ -14,6 +14,12 @@ in % like the paper; ``--accuracy`` prints accuracy instead.
 Metrics: ``final`` (last epoch), ``val_selected`` (epoch of the best validation
 accuracy), ``best_on_test`` (best test accuracy over epochs: the paper's protocol),
 ``minority`` (final accuracy on classes C/2..C-1), ``weight_auc``, ``soft_fixed``.
+
+Every row also states what the method costs and which host augmentation it had: "host"
+(the host policy of its runs), "wall s" (mean wall time of its runs, setup, compilation
+and evaluation included), "× none" (wall seconds per train image relative to the
+``none`` row of the same table). Cost is only comparable between runs of one machine
+under the same load. The CSV gives the cost per cell.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ METHOD_LABELS = {
     "none": "Baseline", "crop_flip": "Crop/flip", "randaugment": "RAA", "fast_aa": "FAA",
     "dada": "DADA", "autodo_sha": "λ^A_SHA", "autodo_a": "λ^A", "autodo_aw": "λ^{A,W}",
     "autodo_aws": "λ^{A,W,S}", "val_only": "Val only", "train_plus_val": "Train+val",
+    "trivialaugment": "TA (wide)", "l2rw": "L2RW", "mwn": "MW-Net",
 }
 
 
@@ -121,20 +128,48 @@ def build_tables(runs: Sequence[dict[str, Any]], metric: str = "final",
     if metric not in METRIC_KEYS:
         raise ValueError(f"metric must be one of {sorted(METRIC_KEYS)}, got {metric!r}")
     groups: dict[tuple[str, str, tuple[str, ...]], dict[str, dict[str, list[float]]]] = {}
+    costs: dict[tuple[str, str, tuple[str, ...]], dict[str, dict[str, list]]] = {}
     for run in runs:
         cfg = run["config"]
         v = _cell_value(run["summary"], metric, accuracy)
         if v is None:
             continue
-        cells = groups.setdefault((cfg["dataset"], cfg["model"], group_settings(cfg)), {})
-        cells.setdefault(cfg["method"], {}).setdefault(_setting(cfg), []).append(v)
+        key = (cfg["dataset"], cfg["model"], group_settings(cfg))
+        column = _setting(cfg)
+        groups.setdefault(key, {}).setdefault(cfg["method"], {}).setdefault(column, []).append(v)
+        costs.setdefault(key, {}).setdefault(cfg["method"], {}).setdefault(column, []).append(
+            run_cost(run))
     order = {m: i for i, m in enumerate(METHODS)}
     out = {}
     for key, cells in sorted(groups.items()):
         columns = sorted({c for row in cells.values() for c in row}, key=_column_order)
         rows = sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order)))
-        out[key] = {"columns": columns, "rows": rows}
+        out[key] = {"columns": columns, "rows": rows, "cost": costs[key]}
     return out
+
+
+def run_cost(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's cost from its summary: ``{"wall_s", "s_per_image" (wall seconds per train
+    image), "host"}`` (None where the summary predates the field)."""
+    s, cfg = run["summary"], run["config"]
+    wall, images = s.get("wall_time_s"), s.get("train_images")
+    host = s.get("host_policy") or METHODS.get(cfg["method"], {}).get("host")
+    return {"wall_s": wall, "s_per_image": wall / images if wall and images else None,
+            "host": host}
+
+
+def row_cost(cost: dict[str, list[dict[str, Any]]], baseline: dict | None) -> dict[str, Any]:
+    """Cost of a table row over all its runs: ``{"host", "wall_s", "relative"}``; relative
+    is its mean seconds per train image over that of ``baseline`` (the ``none`` row's cost
+    dict), None when either is unknown."""
+    def mean(c, name):
+        vals = [r[name] for runs in (c or {}).values() for r in runs if r[name] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    hosts = sorted({str(r["host"]) for runs in cost.values() for r in runs if r["host"]})
+    per_image, base = mean(cost, "s_per_image"), mean(baseline, "s_per_image")
+    return {"host": "/".join(hosts) or None, "wall_s": mean(cost, "wall_s"),
+            "relative": per_image / base if per_image and base else None}
 
 
 def format_cell(values: Sequence[float] | None, digits: int = 1) -> str:
@@ -154,13 +189,17 @@ def to_markdown(tables, metric: str, accuracy: bool) -> str:
     for (dataset, model, settings), t in tables.items():
         where = f" ({', '.join(settings)})" if settings else ""
         lines.append(f"### {dataset}, {model}{where}: top-1 test {what} ({metric}); "
-                     "columns IR-NR; mean ± std (runs)")
-        lines.append("| method | " + " | ".join(t["columns"]) + " |")
-        lines.append("|---|" + "---|" * len(t["columns"]))
+                     "columns IR-NR; mean ± std (runs); cost over the row's runs")
+        lines.append("| method | " + " | ".join(t["columns"]) + " | host | wall s | × none |")
+        lines.append("|---|" + "---|" * (len(t["columns"]) + 3))
         for method, cells in t["rows"]:
             label = METHOD_LABELS.get(method, method)
+            cost = row_cost(t["cost"][method], t["cost"].get("none"))
+            extra = [cost["host"] or "–",
+                     "–" if cost["wall_s"] is None else f"{cost['wall_s']:.0f}",
+                     "–" if cost["relative"] is None else f"{cost['relative']:.2f}"]
             lines.append(f"| {label} | " + " | ".join(
-                format_cell(cells.get(c), digits) for c in t["columns"]) + " |")
+                [format_cell(cells.get(c), digits) for c in t["columns"]] + extra) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -169,7 +208,7 @@ def to_csv(tables, metric: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["dataset", "model", "settings", "metric", "method", "setting", "mean", "std",
-                "runs"])
+                "runs", "host", "wall_s_mean", "relative_cost_per_image"])
     for (dataset, model, settings), t in tables.items():
         for method, cells in t["rows"]:
             for c in t["columns"]:
@@ -177,9 +216,13 @@ def to_csv(tables, metric: str) -> str:
                 if not vals:
                     continue
                 std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+                cost = row_cost({c: t["cost"][method][c]},
+                                {c: t["cost"].get("none", {}).get(c, [])})
                 w.writerow([dataset, model, ";".join(settings), metric, method, c,
-                            f"{np.mean(vals):.4f}",
-                            f"{std:.4f}", len(vals)])
+                            f"{np.mean(vals):.4f}", f"{std:.4f}", len(vals),
+                            cost["host"] or "",
+                            "" if cost["wall_s"] is None else f"{cost['wall_s']:.1f}",
+                            "" if cost["relative"] is None else f"{cost['relative']:.3f}"])
     return buf.getvalue()
 
 

@@ -161,6 +161,11 @@ def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has
     out["train_images"] = int(train_images)
     out["hyper_images"] = int(hyper_images)
     out["images_per_s"] = (train_images + hyper_images) / wall_time_s if wall_time_s > 0 else None
+    # cost: train images per wall second (comparable across methods of one budget) and the
+    # seconds spent inside the train and hyper passes (no setup or evaluation)
+    out["train_images_per_s"] = train_images / wall_time_s if wall_time_s > 0 else None
+    out["pass_time_s"] = float(sum(r.get("train_time_s", 0.0) + r.get("hyper_time_s", 0.0)
+                                   for r in history))
     out.update(dict(extra))
     return _json_clean(out)
 

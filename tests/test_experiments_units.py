@@ -1,6 +1,8 @@
 """Unit tests of experiments/ pieces that need no training: config validation, summary
 metrics, checkpointing fallback, metric writer resume, results tables, plots."""
+import csv
 import glob
+import io
 import json
 import os
 
@@ -178,13 +180,16 @@ def test_metric_writer_resume_drops_redone_epochs(tmp_path):
 
 # ------------------------------------------------------------------ results and plots
 
-def _fake_run(root, method, ir, nr, seed, acc, **other):
+def _fake_run(root, method, ir, nr, seed, acc, cost=None, **other):
+    """A finished run; ``cost`` = (wall seconds, train images) or None (older summary)."""
     c = cfg_lib.Config(method=method, imbalance_ratio=ir, noise_ratio=nr, seed=seed, **other)
     d = os.path.join(root, cfg_lib.default_workdir(c))
     artifacts.write_json(os.path.join(d, "config.json"), c.to_dict())
-    artifacts.write_json(os.path.join(d, "summary.json"), {
-        "test_accuracy_final": acc, "test_accuracy_val_selected": acc,
-        "test_accuracy_best_on_test_paper_protocol": acc + 0.01, "minority_accuracy_final": acc})
+    summ = {"test_accuracy_final": acc, "test_accuracy_val_selected": acc,
+            "test_accuracy_best_on_test_paper_protocol": acc + 0.01, "minority_accuracy_final": acc}
+    if cost:
+        summ.update(wall_time_s=cost[0], train_images=cost[1])
+    artifacts.write_json(os.path.join(d, "summary.json"), summ)
     return d
 
 
@@ -200,10 +205,32 @@ def test_results_tables(tmp_path):
     assert t["columns"] == ["1-0.0", "10-0.2"]
     assert [m for m, _ in t["rows"]] == ["none", "autodo_aws"]
     md = results.to_markdown(tables, "final", False)
-    assert "| Baseline | – | 19.0 ± 1.4 (2) |" in md
-    assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) |" in md
+    assert "| Baseline | – | 19.0 ± 1.4 (2) | none | – | – |" in md
+    assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) | colour | – | – |" in md
     csv_text = results.to_csv(tables, "final")
-    assert "mnist5k,small_cnn,,final,none,10-0.2,19.0000,1.4142,2" in csv_text
+    assert "mnist5k,small_cnn,,final,none,10-0.2,19.0000,1.4142,2,none,,\r\n" in csv_text
+
+
+def test_results_cost_columns(tmp_path):
+    # none: 100 s and 120 s for 1000 train images; mwn: 250 s; l2rw 300 s (older run without
+    # cost fields next to one with them); trivialaugment has no baseline column to compare
+    _fake_run(tmp_path, "none", 10, 0.2, 0, 0.8, cost=(100.0, 1000))
+    _fake_run(tmp_path, "none", 10, 0.2, 1, 0.8, cost=(120.0, 1000))
+    _fake_run(tmp_path, "mwn", 10, 0.2, 0, 0.9, cost=(250.0, 1000))
+    _fake_run(tmp_path, "l2rw", 10, 0.2, 0, 0.9, cost=(300.0, 1000))
+    _fake_run(tmp_path, "l2rw", 10, 0.2, 1, 0.9)
+    _fake_run(tmp_path, "trivialaugment", 50, 0.1, 0, 0.9, cost=(80.0, 500))
+    tables = results.build_tables(results.find_runs([str(tmp_path)]), "final")
+    md = results.to_markdown(tables, "final", False)
+    assert "| method | 50-0.1 | 10-0.2 | host | wall s | × none |" in md
+    assert "| Baseline | – | 20.0 ± 0.0 (2) | none | 110 | 1.00 |" in md
+    assert "| MW-Net | – | 10.0 (1) | colour | 250 | 2.27 |" in md
+    assert "| L2RW | – | 10.0 ± 0.0 (2) | colour | 300 | 2.73 |" in md
+    # per image: 80 s / 500 images against the none row's 0.11 s per image
+    assert "| TA (wide) | 10.0 (1) | – | trivialaugment | 80 | 1.45 |" in md
+    rows = {(r[4], r[5]): r for r in csv.reader(io.StringIO(results.to_csv(tables, "final")))}
+    assert rows[("mwn", "10-0.2")][9:] == ["colour", "250.0", "2.273"]
+    assert rows[("trivialaugment", "50-0.1")][9:] == ["trivialaugment", "80.0", ""]
 
 
 def test_results_group_by_every_result_changing_setting(tmp_path):
