@@ -162,8 +162,8 @@ class Config:
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
     num_devices: int = _f(0, "Devices of the data mesh (0 = all).")
     steps_per_dispatch: int = _f(
-        8, "Steps per jit call (lax.scan over K stacked batches); results are identical for "
-           "every K.")
+        0, "Steps per jit call (lax.scan over K stacked batches; 0 = 1 on CPU, 8 on GPU/TPU); "
+           "every K >= 2 gives identical results, K = 1 the same to float rounding.")
     data_workers: int = _f(0, "Host pipeline threads (0 = half the cores, 1..8); results are "
                               "identical for every count.")
     stop_after_epoch: int = _f(0, "Stop (resumably) once this many epochs are done (0 = never; "
@@ -337,9 +337,10 @@ def static_errors(config: Config) -> list[str]:
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
     for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",
-                 "checkpoint_every", "upsample", "steps_per_dispatch"):
+                 "checkpoint_every", "upsample"):
         need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
     need(0 <= c.data_workers <= 64, "data_workers", "allowed: an integer in [0, 64] (0 = auto)")
+    need(c.steps_per_dispatch >= 0, "steps_per_dispatch", "allowed: an integer >= 0 (0 = auto)")
     for name in ("learning_rate", "hyper_lr", "neumann_alpha", "mwn_lr"):
         v = getattr(c, name)
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")

@@ -10,9 +10,10 @@ every epoch.
 
 Dispatch: the passes run ``--steps_per_dispatch`` (K) steps per jit call
 (``train.inner_steps`` / ``train.hyper_steps``, a ``lax.scan`` over K stacked batches; the
-last dispatch of a pass is padded); ``--data_workers`` threads build, stack and place the
-batches ahead of the step. Neither changes any result (the same compiled step body for
-every K; every batch a pure function of its position).
+last dispatch of a pass is padded; K = 1 calls ``inner_step`` / ``hyper_step``);
+``--data_workers`` threads build, stack and place the batches ahead of the step. Every
+K >= 2 gives bitwise the same results (the same compiled step body); K = 1 agrees to float
+rounding; the worker count changes nothing (every batch a pure function of its position).
 
 Determinism: every random choice is a function of (seed, epoch, step): the split (seed),
 the order of rows (ShardLocalSampler seeded per epoch), host augmentation
@@ -47,6 +48,16 @@ def default_data_workers() -> int:
     """Host pipeline threads when ``--data_workers=0``: half the cores (XLA computes on the
     others), at least 1, at most 8."""
     return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def default_steps_per_dispatch() -> int:
+    """Steps per jit call when ``--steps_per_dispatch=0``: 1 on CPU, 8 on accelerators.
+
+    XLA:CPU compiles the backward convolutions inside the scanned loop body to its generic
+    (unvectorised) convolution code: measured 8x the CPU time of the same step called
+    once per batch (small_cnn, batch 32), far more than the dispatch cost it saves.
+    """
+    return 1 if jax.default_backend() == "cpu" else 8
 
 
 def derive_seed(seed: int, tag: int) -> int:
@@ -142,6 +153,7 @@ class Trainer:
         self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), log=log)
         self.hyper = cfg_lib.has_hyper_steps(config.method)
         self.data_workers = config.data_workers or default_data_workers()
+        self.steps_per_dispatch = config.steps_per_dispatch or default_steps_per_dispatch()
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, state, which: str) -> dict[str, Any]:
@@ -174,10 +186,15 @@ class Trainer:
 
         ``produce(j)`` gives the host batch (or tuple of batches) of the pass's step j;
         the worker threads stack K of them (padding the last dispatch), place them on the
-        mesh and hand back ``(*stacked batches, valid)`` ahead of the step.
+        mesh and hand back ``(*stacked batches, valid)`` ahead of the step; for K = 1,
+        ``(*batches, None)`` unstacked (the plain one-step call).
         """
         def chunk(plan):
             first, n = plan
+            if k == 1:
+                parts = produce(first)
+                parts = parts if isinstance(parts, tuple) else (parts,)
+                return (*[parallel.global_batch(b, self.mesh) for b in parts], None)
             stacked, valid = pipeline.stack_batches([produce(j) for j in range(first, first + n)], k)
             parts = stacked if isinstance(stacked, tuple) else (stacked,)
             return (*[parallel.global_batch(b, self.mesh, axis=1) for b in parts],
@@ -190,7 +207,7 @@ class Trainer:
             yield first, n, args
 
     def hyper_pass(self, state, epoch: int, counters: dict) -> tuple[Any, dict]:
-        p = self.pipes
+        p, cfg = self.pipes, self.step_cfg
         first = (epoch - self.c.hyper_start_epoch) * p.hyper_steps_per_epoch
 
         def produce(j):
@@ -199,37 +216,28 @@ class Trainer:
                     p.hyper_val.batch(*_loader_position(p.hyper_val, k)))
 
         metrics = []
-        k = min(self.c.steps_per_dispatch, p.hyper_steps_per_epoch)
-        for _, n, (tbs, vbs, valid) in self._dispatch(produce, p.hyper_steps_per_epoch, k):
-            state, m = train.hyper_steps(state, tbs, vbs, valid, self.step_cfg, self.mesh)
-            metrics.append((m, n))
+        k = min(self.steps_per_dispatch, p.hyper_steps_per_epoch)
+        for _, n, (tb, vb, valid) in self._dispatch(produce, p.hyper_steps_per_epoch, k):
+            if valid is None:
+                state, m = train.hyper_step(state, tb, vb, cfg, self.mesh)
+            else:
+                state, m = train.hyper_steps(state, tb, vb, valid, cfg, self.mesh)
+            metrics.append((m, n, valid is not None))
             counters["hyper_images"] += n * self.c.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
 
-    def _train_produce(self, epoch: int) -> Callable[[int], Any]:
-        """Host batch(es) of step j of a train pass: the train batch, plus a clean
-        validation batch for look-ahead methods (l2rw, mwn)."""
-        p = self.pipes
-        if p.reweight_val is None:
-            return lambda j: p.train.batch(epoch, j)
-        first = epoch * p.steps_per_epoch
-        return lambda j: (p.train.batch(epoch, j),
-                          p.reweight_val.batch(*_loader_position(p.reweight_val, first + j)))
-
-    def _train_steps(self, state, args):
-        """K inner steps on placed stacked batches ``(*batches, valid)``."""
-        if self.pipes.reweight_val is None:
-            return train.inner_steps(state, *args, self.step_cfg, self.mesh)
-        return train.reweight_steps(state, *args, self.step_cfg, self.mesh)
-
     def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
         metrics = []
-        p, c = self.pipes, self.c
-        k = min(c.steps_per_dispatch, p.steps_per_epoch)
+        p, c, cfg = self.pipes, self.c, self.step_cfg
+        k = min(self.steps_per_dispatch, p.steps_per_epoch)
         since_log = 0
-        for first, n, args in self._dispatch(self._train_produce(epoch), p.steps_per_epoch, k):
-            state, m = self._train_steps(state, args)
-            metrics.append((m, n))
+        for first, n, (batch, valid) in self._dispatch(lambda j: p.train.batch(epoch, j),
+                                                       p.steps_per_epoch, k):
+            if valid is None:
+                state, m = train.inner_step(state, batch, cfg, self.mesh)
+            else:
+                state, m = train.inner_steps(state, batch, valid, cfg, self.mesh)
+            metrics.append((m, n, valid is not None))
             counters["train_images"] += n * c.batch_size
             counters["step"] += n
             done = first + n
@@ -370,21 +378,23 @@ def mwn_curve(state: train.TrainState) -> dict[str, Any]:
                                  "weight": [float(w) for w in weight]}}
 
 
-def _mean_metrics(metrics: list[tuple[dict, int]], prefix: str) -> dict[str, float]:
+def _mean_metrics(metrics: list[tuple[dict, int, bool]], prefix: str) -> dict[str, float]:
     """Means over steps of each scalar metric.
 
     Args:
-        metrics: ``(stacked metrics, n)`` per dispatch: every leaf (K, ...), of which the
-            first n steps are real (one host transfer for the whole list).
+        metrics: ``(metrics, n, stacked)`` per dispatch: stacked ones have every leaf
+            (K, ...) of which the first n steps are real, the others are one step's
+            (one host transfer for the whole list).
         prefix: prepended to each name (unless it already starts with it).
     """
     if not metrics:
         return {}
-    host = jax.device_get([m for m, _ in metrics])
+    host = jax.device_get([m for m, _, _ in metrics])
     out = {}
     for k in host[0]:
-        vals = np.concatenate([np.asarray(m[k], np.float64)[:n]
-                               for m, (_, n) in zip(host, metrics)])
+        vals = np.concatenate([np.asarray(m[k], np.float64)[:n] if stacked
+                               else np.asarray(m[k], np.float64)[None]
+                               for m, (_, n, stacked) in zip(host, metrics)])
         if vals.ndim == 1:
             out[prefix + k if not k.startswith(prefix) else k] = float(vals.mean())
     return out

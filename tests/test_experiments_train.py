@@ -88,10 +88,10 @@ def test_resume_reaches_the_same_result(finished, tmp_path):
 
 def test_steps_per_dispatch_and_workers_do_not_change_results(tmp_path):
     """3 steps per pass: K = 2 (a padded second dispatch) with one pipeline thread equals
-    K = 1 with three threads, bitwise (summary and final table)."""
+    K = 3 with three threads, bitwise (summary and final table)."""
     three = dict(TINY, max_steps_per_epoch=3)
     a = _run(tmp_path / "k2", **three, steps_per_dispatch=2, data_workers=1)
-    b = _run(tmp_path / "k1", **three, steps_per_dispatch=1, data_workers=3)
+    b = _run(tmp_path / "k1", **three, steps_per_dispatch=3, data_workers=3)
     assert a["train_images"] == b["train_images"] == 2 * 3 * 8
     assert a["hyper_images"] == b["hyper_images"] == 3 * 16
     for key in ("test_accuracy_final", "per_class_accuracy_final", "epochs",

@@ -11,6 +11,12 @@ A pass whose length is not a multiple of K ends with a dispatch whose batches ar
 (any data of the right shape, e.g. the last batch repeated) and marked ``valid=False``:
 those steps leave the state untouched (``lax.cond``), so one compiled program serves every
 dispatch of a pass. K = 1 with ``valid=None`` is one ordinary step.
+
+On XLA:CPU (jax 0.10) the loop body's backward convolutions are compiled to generic,
+unvectorised code (non-canonical dimension orders that the fast convolution path does not
+take): a scanned small CNN step measured ~8x the CPU time of the same step called once
+per batch. Use K = 1 and the plain steps on CPU; the scan pays off where a step is cheap
+next to its dispatch (GPU/TPU).
 """
 from __future__ import annotations
 
