@@ -23,19 +23,24 @@ import re
 from typing import Any, Mapping
 
 from autodo_jax import implicit, models, train
-from autodo_jax.data import distortion
+from autodo_jax.data import distortion, transforms
 
 # ---------------------------------------------------------------------------------------
 # Methods
 
 #: What each method trains on and what it learns.
 #:   host: host-side augmentation ("standard" = the dataset's crop/flip, "colour" = the
-#:         dataset's colour subset of RandAugment, applied only if --colour_policy).
-#:   learn: fields of the per-example table learned by hyper steps ("" = no hyper steps).
+#:         dataset's colour subset of RandAugment, applied only if --colour_policy);
+#:         --host_policy overrides it for any method.
+#:   learn: fields of the per-example table ("" = none): A (augmentation), W (loss
+#:         weights), S (soft labels); learned by hyper steps unless frozen.
 #:   shared: the augmentation row is shared by the whole dataset (lambda^A_SHA).
 #:   train_on: "train" | "val" | "train+val".
 #:   reweight (optional, default "none"): the inner step reweights every batch by a
 #:         look-ahead on a clean validation batch (train.REWEIGHTS: "l2rw", "mwn").
+#:   frozen (optional, default False): the table keeps its initial values (no hyper
+#:         steps): autodo_fixed is AutoDO's augmentation, weights and soft labels at init,
+#:         the ablation that isolates what learning λ adds.
 METHODS: dict[str, dict[str, Any]] = {
     "none": dict(host="none", learn="", shared=False, train_on="train"),
     "crop_flip": dict(host="standard", learn="", shared=False, train_on="train"),
@@ -46,6 +51,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "autodo_a": dict(host="colour", learn="A", shared=False, train_on="train"),
     "autodo_aw": dict(host="colour", learn="AW", shared=False, train_on="train"),
     "autodo_aws": dict(host="colour", learn="AWS", shared=False, train_on="train"),
+    "autodo_fixed": dict(host="colour", learn="AWS", shared=False, train_on="train",
+                         frozen=True),
     "val_only": dict(host="standard", learn="", shared=False, train_on="val"),
     "train_plus_val": dict(host="standard", learn="", shared=False, train_on="train+val"),
     # competitors (issue 13): the same host augmentation as AutoDO (colour subset) for the
@@ -64,7 +71,12 @@ def learns(method: str, field: str) -> bool:
 
 
 def has_hyper_steps(method: str) -> bool:
-    return bool(METHODS[method]["learn"])
+    """Whether `method` runs hyper steps (it has a table and the table is not frozen)."""
+    return bool(METHODS[method]["learn"]) and not METHODS[method].get("frozen", False)
+
+
+#: The largest default hyper batch (the original's).
+MAX_DEFAULT_HYPER_BATCH = 256
 
 
 def reweights(method: str) -> str:
@@ -120,7 +132,9 @@ class Config:
     warmup_epochs: float = _f(5.0, "Linear warm-up epochs from lr/10, then cosine to lr*1e-3.")
     # hyper optimisation
     hyper_start_epoch: int = _f(15, "First epoch (0-based) that runs a pass of hyper steps.")
-    hyper_batch_size: int = _f(256, "Global hyper batch size (train and validation batch).")
+    hyper_batch_size: int = _f(
+        0, "Global hyper batch size (train and validation batch); 0 = min(256, clean "
+        "validation examples, train rows), rounded down to a multiple of the devices.")
     hyper_steps_per_epoch: int = _f(
         0, "Hyper steps per hyper epoch (0 = one pass over the train rows at the hyper batch).")
     hyper_lr: float = _f(0.05, "Peak learning rate of the tables' row RMSprop (warm-up + cosine).")
@@ -149,6 +163,14 @@ class Config:
     symmetric_kl: str = _f("auto", "Symmetric KL for soft labels (auto = when IR != 1 or NR > 0).",
                            choices=TRISTATE)
     colour_policy: bool = _f(True, "autodo_*, l2rw, mwn: apply the dataset's colour subset policy on the host.")
+    host_policy: str = _f(
+        "auto", "Host augmentation of the train batches for any method: auto (the method's "
+        "own: none for none, the colour subset for autodo_*, crop/flip for val_only and "
+        "train_plus_val, ...) or a policy name.", choices=("auto",) + transforms.POLICY_NAMES)
+    init_warp: bool = _f(
+        False, "Methods without a learned warp: also warp every train image on the device "
+        "with AutoDO's initial augmentation (each of the 7 ops with p = 0.2, σ(m) = 0.5). "
+        "With --host_policy=color_subset this is the augmentation AutoDO starts from.")
     upsample: int = _f(1, "Super-sampling factor of the learned warp (the original: 4).")
     mwn_lr: float = _f(1e-3, "mwn: Adam learning rate of the Meta-Weight-Net MLP (constant; "
                              "the authors' noisy-label code).")
@@ -219,7 +241,8 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
     hyper_total = max(hyper_epochs * hyper_steps_per_epoch, 1)
     return train.StepConfig(
         model=c.model, num_classes=int(num_classes), compute_dtype=c.compute_dtype,
-        learn_aug=learns(c.method, "A"), shared_aug=METHODS[c.method]["shared"],
+        learn_aug=learns(c.method, "A") or c.init_warp,
+        shared_aug=METHODS[c.method]["shared"] or (c.init_warp and not learns(c.method, "A")),
         learn_weight=learns(c.method, "W"), learn_soft=learns(c.method, "S"),
         symmetric_kl=symmetric_kl(c), upsample=c.upsample, lr=c.learning_rate,
         momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay,
@@ -336,8 +359,8 @@ def static_errors(config: Config) -> list[str]:
         errs.append(f"--{err}")
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
-    for name in ("batch_size", "eval_batch_size", "hyper_batch_size", "solver_iters",
-                 "checkpoint_every", "upsample"):
+    for name in ("batch_size", "eval_batch_size", "solver_iters", "checkpoint_every",
+                 "upsample"):
         need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
     need(0 <= c.data_workers <= 64, "data_workers", "allowed: an integer in [0, 64] (0 = auto)")
     need(c.steps_per_dispatch >= 0, "steps_per_dispatch", "allowed: an integer >= 0 (0 = auto)")
@@ -356,7 +379,8 @@ def static_errors(config: Config) -> list[str]:
          "allowed: a finite number >= 0")
     need(math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs",
          "allowed: a number >= 0 (capped at --epochs)")
-    for name in ("hyper_steps_per_epoch", "max_steps_per_epoch", "eval_limit", "log_every",
+    for name in ("hyper_batch_size", "hyper_steps_per_epoch", "max_steps_per_epoch",
+                 "eval_limit", "log_every",
                  "num_devices", "seed", "hyper_start_epoch", "stop_after_epoch"):
         need(getattr(c, name) >= 0, name, "allowed: an integer >= 0")
     if errs or c.method not in METHODS:
@@ -373,9 +397,15 @@ def static_errors(config: Config) -> list[str]:
         if getattr(c, name) != default and reweights(c.method) != "mwn":
             errs.append(f"--{name}={getattr(c, name)}: only applies to --method=mwn, not "
                         f"--method={c.method}")
-    if c.upsample != 1 and not learns(c.method, "A"):
-        errs.append(f"--upsample={c.upsample}: only applies to the learned warp of autodo_* "
-                    f"methods, not --method={c.method}")
+    if c.upsample != 1 and not (learns(c.method, "A") or c.init_warp):
+        errs.append(f"--upsample={c.upsample}: only applies to the warp of autodo_* methods "
+                    f"(or --init_warp), not --method={c.method}")
+    if c.init_warp and learns(c.method, "A"):
+        errs.append(f"--init_warp=True: only for methods without AutoDO's warp; --method={c.method} "
+                    "already warps with its table's λ_A")
+    if c.host_policy != "auto" and c.host_policy != "color_subset" and not c.colour_policy:
+        errs.append(f"--colour_policy=False: only applies with --host_policy=auto or "
+                    f"color_subset, not {c.host_policy}")
     train_on = METHODS[c.method]["train_on"]
     if train_on != "train":
         need(c.ablation == "none", "ablation",
@@ -403,7 +433,8 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
     if c.batch_size > rows:
         errs.append(f"--batch_size={c.batch_size}: larger than the {rows} training examples of "
                     f"--method={c.method} (after IR/NR/SR); allowed: <= {rows}")
-    val_rows = {"none": num_val, "overfit": num_test, "oversplit": num_train}[c.ablation]
+    n = c.num_devices or num_devices
+    val_rows = hyper_val_rows(c, num_train=num_train, num_val=num_val, num_test=num_test)
     if has_hyper_steps(c.method):
         if c.hyper_batch_size > num_train:
             errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {num_train} "
@@ -411,6 +442,10 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
         if c.hyper_batch_size > val_rows:
             errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {val_rows} "
                         f"validation examples; allowed: <= {val_rows}")
+        if not c.hyper_batch_size and hyper_batch_size(c, num_train, val_rows, n) == 0:
+            errs.append(f"--hyper_batch_size=0: the automatic size min({MAX_DEFAULT_HYPER_BATCH}, "
+                        f"{val_rows} validation examples, {num_train} train rows) has no multiple "
+                        f"of the {n} devices; pass --hyper_batch_size")
     if reweights(c.method) != "none":
         if c.batch_size > val_rows:
             errs.append(f"--batch_size={c.batch_size}: --method={c.method} draws clean batches "
@@ -418,9 +453,22 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
                         f"<= {val_rows}")
     if c.num_devices > num_devices:
         errs.append(f"--num_devices={c.num_devices}: only {num_devices} devices are visible")
-    n = c.num_devices or num_devices
     names = ["batch_size", "eval_batch_size"] + (["hyper_batch_size"] if has_hyper_steps(c.method) else [])
     for name in names:
         if getattr(c, name) % n:
             errs.append(f"--{name}={getattr(c, name)}: must be a multiple of the {n} devices")
     return errs
+
+
+def hyper_val_rows(config: Config, *, num_train: int, num_val: int, num_test: int) -> int:
+    """Examples the hyper steps draw validation batches from (by --ablation)."""
+    return {"none": num_val, "overfit": num_test, "oversplit": num_train}[config.ablation]
+
+
+def hyper_batch_size(config: Config, num_train: int, num_val_rows: int, num_devices: int) -> int:
+    """The hyper batch of a run: --hyper_batch_size, or when it is 0,
+    min(256, validation rows, train rows) rounded down to a multiple of the devices."""
+    if config.hyper_batch_size:
+        return config.hyper_batch_size
+    b = min(MAX_DEFAULT_HYPER_BATCH, num_val_rows, num_train)
+    return b - b % max(num_devices, 1)

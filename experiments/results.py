@@ -49,8 +49,8 @@ ACCURACY_METRICS = ("final", "val_selected", "best_on_test", "minority")
 METHOD_LABELS = {
     "none": "Baseline", "crop_flip": "Crop/flip", "randaugment": "RAA", "fast_aa": "FAA",
     "dada": "DADA", "autodo_sha": "λ^A_SHA", "autodo_a": "λ^A", "autodo_aw": "λ^{A,W}",
-    "autodo_aws": "λ^{A,W,S}", "val_only": "Val only", "train_plus_val": "Train+val",
-    "trivialaugment": "TA (wide)", "l2rw": "L2RW", "mwn": "MW-Net",
+    "autodo_aws": "λ^{A,W,S}", "autodo_fixed": "λ^{A,W,S} fixed at init", "val_only": "Val only",
+    "train_plus_val": "Train+val", "trivialaugment": "TA (wide)", "l2rw": "L2RW", "mwn": "MW-Net",
 }
 
 

@@ -31,7 +31,10 @@ class ConfigError(Exception):
 
 
 def host_policy(config: cfg_lib.Config) -> str:
-    """The host transform name (autodo_jax.data.transforms) of the method's train batches."""
+    """The host transform name (autodo_jax.data.transforms) of the run's train batches:
+    --host_policy, or with "auto" the method's own."""
+    if config.host_policy != "auto":
+        return config.host_policy
     host = cfg_lib.METHODS[config.method]["host"]
     if host == "colour":
         return "color_subset" if config.colour_policy else "crop_flip"
@@ -160,9 +163,10 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
     errors = []
     allowed = transforms.allowed_policies(src.family)
     if policy not in allowed:
-        errors.append(f"--method={config.method}: needs the host policy {policy}, which the "
-                      f"original does not define for --dataset={config.dataset} (family "
-                      f"{src.family}); policies there: {', '.join(allowed)}")
+        flag = (f"--host_policy={policy}" if config.host_policy != "auto"
+                else f"--method={config.method}: needs the host policy {policy}, which")
+        errors.append(f"{flag}: the original does not define it for --dataset={config.dataset} "
+                      f"(family {src.family}); policies there: {', '.join(allowed)}")
     errors += cfg_lib.data_errors(
         config, image_shape=tuple(src.image_shape), num_classes=int(src.num_classes),
         num_train=split.num_train, num_val=int(split.val_index.size), num_test=len(src.test),

@@ -75,6 +75,7 @@ class Pipes:
     hyper_steps_per_epoch: int
     eval_transform: Any
     reweight_val: pipeline.BatchLoader | None = None   # clean batches of l2rw / mwn steps
+    hyper_batch_size: int = 0
 
 
 def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
@@ -92,15 +93,15 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
                                  shards=parallel.host_shards(mesh, c.batch_size))
     spe = min(sampler.steps_per_epoch, cap or sampler.steps_per_epoch)
     hyper_train = hyper_val = None
-    hspe = 0
+    hspe = hb = 0
     if cfg_lib.has_hyper_steps(c.method):
-        hs = parallel.ShardLocalSampler(split.num_train, num_shards, c.hyper_batch_size,
-                                        derive_seed(c.seed, 3))
-        hyper_shards = parallel.host_shards(mesh, c.hyper_batch_size)
+        hb = cfg_lib.hyper_batch_size(c, split.num_train, int(split.val_index.size), num_shards)
+        hs = parallel.ShardLocalSampler(split.num_train, num_shards, hb, derive_seed(c.seed, 3))
+        hyper_shards = parallel.host_shards(mesh, hb)
         hyper_train = pipeline.TrainLoader(src, split, hs, train_tf, derive_seed(c.seed, 4),
                                            shards=hyper_shards)
-        vs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards,
-                                        c.hyper_batch_size, derive_seed(c.seed, 5))
+        vs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards, hb,
+                                        derive_seed(c.seed, 5))
         hyper_val = pipeline.ValLoader(src, split, vs, eval_tf, derive_seed(c.seed, 6),
                                        shards=hyper_shards)
         hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
@@ -111,7 +112,7 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
                                         derive_seed(c.seed, 8))
         reweight_val = pipeline.ValLoader(src, split, rs, eval_tf, derive_seed(c.seed, 9),
                                           shards=parallel.host_shards(mesh, c.batch_size))
-    return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf, reweight_val)
+    return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf, reweight_val, hb)
 
 
 def _loader_position(loader: pipeline.BatchLoader, k: int) -> tuple[int, int]:
@@ -223,7 +224,7 @@ class Trainer:
             else:
                 state, m = train.hyper_steps(state, tb, vb, valid, cfg, self.mesh)
             metrics.append((m, n, valid is not None))
-            counters["hyper_images"] += n * self.c.hyper_batch_size
+            counters["hyper_images"] += n * p.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
 
     def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
@@ -257,7 +258,7 @@ class Trainer:
         ips = done_imgs / elapsed if elapsed > 0 else float("nan")
         hyper_epochs = max(0, c.epochs - max(epoch, c.hyper_start_epoch)) if self.hyper else 0
         left = ((c.epochs - epoch) * p.steps_per_epoch - step_in_epoch) * c.batch_size + \
-            hyper_epochs * p.hyper_steps_per_epoch * c.hyper_batch_size
+            hyper_epochs * p.hyper_steps_per_epoch * p.hyper_batch_size
         eta = left / ips if ips and math.isfinite(ips) and ips > 0 else float("nan")
         self.log(f"epoch {epoch + 1}/{c.epochs} step {counters['step']} "
                  f"loss {m.get('train_loss', float('nan')):.4f} "
@@ -356,6 +357,8 @@ class Trainer:
             extra={"method": c.method, "dataset": c.dataset, "model": c.model,
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
+                   "host_policy": run_setup.host_policy(c),
+                   "hyper_batch_size": self.pipes.hyper_batch_size,
                    "num_devices": int(self.mesh.size), "epochs": c.epochs,
                    "workdir": os.path.abspath(self.workdir), **src.notes(), **mwn_curve(state)})
         if self.is_main:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from autodo_jax import train as train_lib
 from experiments import artifacts, config as cfg_lib, results, run_setup, trainer, visualize
 from experiments.metric_writer import read_metrics
 
@@ -175,6 +176,28 @@ def test_competitor_methods_tfds_mock(tmp_path):
             s = _run(tmp_path / method, **dict(TINY, subsample_ratio=1.0, val_size=40,
                                                imbalance_ratio=1.0), dataset="mnist", method=method)
             assert s["num_train"] == rows and 0.0 <= s["test_accuracy_final"] <= 1.0, method
+
+
+def test_autodo_fixed_runs_no_hyper_step_and_keeps_the_initial_table(tmp_path):
+    """autodo_fixed: AutoDO's warp, weights and soft labels at their initial values."""
+    s = _run(tmp_path, **TINY, method="autodo_fixed")
+    assert s["hyper_images"] == 0 and s["host_policy"] == "color_subset"
+    assert not [r for r in read_metrics(str(tmp_path), "epoch") if "hyper_val_loss" in r]
+    table = artifacts.load_final_table(str(tmp_path))
+    init = train_lib.autodo_table_init(table["given_labels"], 10, aug=True, weight=True, soft=True)
+    for k, v in init.items():
+        np.testing.assert_array_equal(table[k], np.asarray(v), err_msg=k)
+    assert s["weight_auc_clean_vs_noisy"] == 0.5 and s["soft_label_noisy_fixed_fraction"] == 0.0
+
+
+def test_baselines_with_the_augmentation_autodo_starts_from(tmp_path):
+    """val_only / train_plus_val with --host_policy=color_subset --init_warp: the colour
+    subset on the host and AutoDO's initial warp on the device; no table is learned."""
+    for method in ("val_only", "train_plus_val"):
+        s = _run(tmp_path / method, **TINY, method=method, host_policy="color_subset",
+                 init_warp=True)
+        assert s["host_policy"] == "color_subset" and s["hyper_images"] == 0
+        assert not os.path.exists(tmp_path / method / "final_table.npz")
 
 
 @pytest.mark.parametrize("dataset, methods", [

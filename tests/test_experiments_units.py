@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import artifacts, config as cfg_lib, results, summary, visualize
+from experiments import artifacts, config as cfg_lib, results, run_setup, summary, visualize
 from experiments.checkpointing import Checkpointer
 from experiments.metric_writer import MetricWriter, read_metrics
 
@@ -55,6 +55,9 @@ def test_choices_are_the_library_names():
     (dict(method="val_only", ablation="oversplit"), "--ablation"),
     (dict(learning_rate=float("nan")), "--learning_rate"),
     (dict(hyper_lr_soft=-0.1), "--hyper_lr_soft"),
+    (dict(init_warp=True), "--init_warp"),
+    (dict(method="none", upsample=2), "--upsample"),
+    (dict(hyper_batch_size=-1), "--hyper_batch_size"),
     (dict(rmsprop_decay=1.0), "--rmsprop_decay"),
     (dict(method="l2rw", mwn_lr=0.01), "--mwn_lr"),
     (dict(method="mwn", mwn_lr=0.0), "--mwn_lr"),
@@ -65,6 +68,33 @@ def test_static_errors_name_the_flag(changes, flag):
     errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))
     assert len(errs) >= 1 and all("\n" not in e for e in errs)
     assert errs[0].startswith(flag + "=")
+
+
+def test_hyper_batch_size_default_fits_the_clean_split():
+    c = cfg_lib.Config()
+    assert c.hyper_batch_size == 0
+    assert cfg_lib.hyper_batch_size(c, 1925, 500, 1) == 256
+    assert cfg_lib.hyper_batch_size(c, 1925, 100, 1) == 100
+    assert cfg_lib.hyper_batch_size(c, 1925, 100, 8) == 96
+    assert cfg_lib.hyper_batch_size(c.replace(hyper_batch_size=64), 1925, 100, 8) == 64
+    ok = dict(image_shape=(28, 28, 1), num_classes=10, num_train=1925, num_val=100,
+              num_test=1000, num_devices=8)
+    assert cfg_lib.data_errors(c, **ok) == []  # no refusal with 100 clean examples
+    errs = cfg_lib.data_errors(c.replace(hyper_batch_size=128), **ok)
+    assert errs and errs[0].startswith("--hyper_batch_size=128: larger than the 100 validation")
+    assert cfg_lib.data_errors(c, **dict(ok, num_val=4))[0].startswith("--hyper_batch_size=0")
+
+
+def test_frozen_methods_and_host_policy():
+    assert not cfg_lib.has_hyper_steps("autodo_fixed") and cfg_lib.has_hyper_steps("autodo_aws")
+    c = cfg_lib.Config(method="autodo_fixed")
+    assert run_setup.host_policy(c) == "color_subset"
+    assert run_setup.host_policy(c.replace(method="none", host_policy="randaugment")) == "randaugment"
+    assert run_setup.host_policy(c.replace(method="val_only")) == "crop_flip"
+    step = cfg_lib.step_config(c.replace(method="val_only", init_warp=True), 10, 10, 0)
+    assert step.learn_aug and step.shared_aug and not step.learn_weight
+    step = cfg_lib.step_config(c, 10, 10, 0)
+    assert step.learn_aug and step.learn_weight and step.learn_soft and not step.shared_aug
 
 
 def test_data_errors():
