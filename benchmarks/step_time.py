@@ -16,7 +16,13 @@ Each case prints one JSON line per phase: ``{"model", "phase", "batch", "upsampl
 step without augmentation or table: the floor of a Flax training step), then one line
 ``{"model", "batch", "upsample", "hyper_over_inner_per_image"}`` (wall-time ratio; also
 ``..._cpu``, the ratio of process CPU time, steadier on a shared machine); the last line is
-``{"hyper_over_inner_per_image_max": ...}`` (target <= 0.9). Inner and hyper steps are
+``{"hyper_over_inner_per_image_max": ...}`` (target <= 0.9).
+
+``--steps_per_dispatch K`` (K > 1) adds phases "inner_kK"/"hyper_kK": ``train.inner_steps``
+/ ``hyper_steps`` with K stacked batches per call, reported per step. ``--table_rows
+1000,10000000`` times only the whole hyper step at each table size N (interleaved) and
+ends each case with ``{"hyper_ms_ratio", "hyper_cpu_ms_ratio"}`` (largest N / smallest N;
+target <= 1.05). Inner and hyper steps are
 timed in interleaved rounds so that load drift on a shared machine hits both alike.
 
 ``--reweight`` adds the competitors' look-ahead inner steps (``train.reweight_step``:
@@ -58,6 +64,12 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-step floor")
+    parser.add_argument("--table_rows", default=None,
+                        help="comma-separated table sizes N (e.g. 1000,10000000): time the "
+                             "whole hyper step at each N instead (ratio largest/smallest)")
+    parser.add_argument("--steps_per_dispatch", type=int, default=1,
+                        help="K > 1: also time train.inner_steps/hyper_steps (K steps per "
+                             "call), per step")
     parser.add_argument("--reweight", action="store_true",
                         help="also time the l2rw and mwn inner steps against the plain step")
     args = parser.parse_args(argv)
@@ -73,6 +85,15 @@ def _parse(argv=None) -> argparse.Namespace:
             parser.error(f"--cases: expected model:batch:upsample, got {case!r}")
         if model not in SHAPES:
             parser.error(f"--cases: model must be one of {sorted(SHAPES)}, got {model!r}")
+    if args.table_rows:
+        try:
+            args.table_rows = [int(float(n)) for n in args.table_rows.split(",")]
+        except ValueError:
+            parser.error(f"--table_rows: expected comma-separated integers, got {args.table_rows!r}")
+        if min(args.table_rows) < 1:
+            parser.error("--table_rows: every N must be >= 1")
+    if args.steps_per_dispatch < 1:
+        parser.error("--steps_per_dispatch: must be >= 1")
     args.rounds = args.rounds or (2 if args.quick else 4)
     args.steps = args.steps or (3 if args.quick else 5)
     return args
@@ -87,10 +108,10 @@ def _config(model: str, upsample: int, dtype: str, learn: bool) -> train.StepCon
         curvature="hessian")
 
 
-def _batches(rng: np.random.Generator, shape, batch: int, count: int):
+def _batches(rng: np.random.Generator, shape, batch: int, count: int, rows: int = N_ROWS):
     out = []
     for _ in range(count):
-        ids = np.sort(rng.choice(N_ROWS, batch, replace=False)).astype(np.int32)
+        ids = np.sort(rng.choice(rows, batch, replace=False)).astype(np.int32)
         out.append({"images": rng.normal(size=(batch,) + shape).astype(np.float32),
                     "labels": rng.integers(0, CLASSES, batch).astype(np.int32), "ids": ids})
     return jax.device_put(out)
@@ -143,6 +164,18 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
                                              plain_cfg)
         phases["plain"] = lambda s, b: plain(s, b)
     states = {"inner": state, "hyper": state, "plain": plain_state}
+    k = args.steps_per_dispatch
+    if k > 1:   # K steps per call on stacked batches; timed per call, reported per step
+        stacked = jax.device_put(jax.tree.map(lambda *x: np.stack(x), *[
+            jax.device_get(batches[i % len(batches)]) for i in range(k)]))
+        vals = jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), val))
+        inner_k, compile_s[f"inner_k{k}"] = _compile(train.inner_steps, state, stacked, None, cfg)
+        hyper_k, compile_s[f"hyper_k{k}"] = _compile(train.hyper_steps, state, stacked, vals,
+                                                     None, cfg)
+        phases[f"inner_k{k}"] = lambda s, b: inner_k(s, stacked, None)
+        phases[f"hyper_k{k}"] = lambda s, b: hyper_k(s, stacked, vals, None)
+        fresh = train.autodo_table_init(labels, CLASSES, aug=True, weight=True, soft=True)
+        states[f"inner_k{k}"] = train.create_train_state(jax.random.key(0), cfg, fresh, shape)
     for method in (train.REWEIGHTS[1:] if args.reweight else ()):
         rcfg = dataclasses.replace(plain_cfg, reweight=method)
         states[method] = train.create_train_state(jax.random.key(0), rcfg, {}, shape)
@@ -152,11 +185,13 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
     times = {phase: [] for phase in phases}
     for _ in range(args.rounds + 1):  # round 0 warms up (first calls, allocations)
         for phase, call in phases.items():
-            key = "inner" if phase == "hyper" else phase  # inner and hyper share a state
+            key = {"hyper": "inner", f"hyper_k{k}": f"inner_k{k}"}.get(phase, phase)
             states[key], t = _timed(call, states[key], batches, args.steps)
             times[phase].append(t)
+    per_step = {phase: k if phase.endswith(f"_k{k}") else 1 for phase in phases}
     records = [_line(model, phase, batch, upsample, args.dtype,
-                     [x for r in times[phase][1:] for x in r], compile_s[phase])
+                     [(w / per_step[phase], c / per_step[phase])
+                      for r in times[phase][1:] for w, c in r], compile_s[phase])
                for phase in phases]
     by_phase = {r["phase"]: r for r in records}
     ratio = {key: round(by_phase["hyper"][key] / by_phase["inner"][key], 3)
@@ -174,8 +209,50 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
     return records
 
 
+def run_table_rows(model: str, batch: int, upsample: int, args) -> list[dict]:
+    """The whole hyper step at every N of ``args.table_rows`` (interleaved rounds); records
+    per N and the ratio of the largest N's step time to the smallest's."""
+    shape = SHAPES[model]
+    cfg = _config(model, upsample, args.dtype, learn=True)
+    calls, states, batches, compile_s = {}, {}, {}, {}
+    for n in args.table_rows:
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, CLASSES, n).astype(np.int32)
+        table = train.autodo_table_init(labels, CLASSES, aug=True, weight=True, soft=True)
+        states[n] = train.create_train_state(jax.random.key(0), cfg, table, shape)
+        batches[n] = _batches(rng, shape, batch, 4, rows=n) if n >= batch else None
+        if batches[n] is None:
+            raise SystemExit(f"--table_rows: N={n} is smaller than the batch {batch}")
+        val = _batches(rng, shape, batch, 1, rows=n)[0]
+        hyper, compile_s[n] = _compile(train.hyper_step, states[n], batches[n][0], val, cfg)
+        calls[n] = lambda s, b, hyper=hyper, val=val: hyper(s, b, val)
+    times = {n: [] for n in args.table_rows}
+    for _ in range(args.rounds + 1):
+        for n in args.table_rows:
+            states[n], t = _timed(calls[n], states[n], batches[n], args.steps)
+            times[n].append(t)
+    records = []
+    for n in args.table_rows:
+        rec = _line(model, "hyper", batch, upsample, args.dtype,
+                    [x for r in times[n][1:] for x in r], compile_s[n])
+        rec["table_rows"] = n
+        records.append(rec)
+    lo, hi = records[0], records[-1]
+    records.append({"model": model, "batch": batch, "upsample": upsample,
+                    "table_rows": [lo["table_rows"], hi["table_rows"]],
+                    "hyper_ms_ratio": round(hi["ms_median"] / lo["ms_median"], 3),
+                    "hyper_cpu_ms_ratio": round(hi["cpu_ms_median"] / lo["cpu_ms_median"], 3)})
+    return records
+
+
 def main(argv=None) -> None:
     args = _parse(argv)
+    if args.table_rows:
+        args.table_rows = sorted(args.table_rows)
+        for model, batch, upsample in args.cases:
+            for record in run_table_rows(model, batch, upsample, args):
+                print(json.dumps(record), flush=True)
+        return
     ratios = {"hyper_over_inner_per_image": []}
     ratios.update({f"{m}_over_plain_per_image": [] for m in train.REWEIGHTS[1:]
                    if args.reweight})

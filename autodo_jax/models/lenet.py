@@ -8,8 +8,18 @@ import jax.numpy as jnp
 from autodo_jax.models.common import Dtype
 
 
-def _pool(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 ('VALID': an odd last row/column is dropped), (B, H, W,
+    C) -> (B, H//2, W//2, C): the forward of ``nn.max_pool(x, (2, 2), strides=(2, 2))``.
+
+    Written as a max over a reshaped axis pair rather than a ``reduce_window``: the gradient
+    is then elementwise (the window's maximum gets the cotangent; tied maxima share it
+    equally) instead of XLA's ``select_and_scatter``, which XLA:CPU runs ~2.5x slower
+    (measured; 2x the whole small_cnn hyper step).
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class LeNetEncoder(nn.Module):
@@ -25,7 +35,7 @@ class LeNetEncoder(nn.Module):
         del train  # no BatchNorm or dropout
         x = x.astype(self.dtype)
         for feats in (6, 16):
-            x = _pool(nn.relu(nn.Conv(feats, (5, 5), padding="VALID", dtype=self.dtype)(x)))
+            x = max_pool_2x2(nn.relu(nn.Conv(feats, (5, 5), padding="VALID", dtype=self.dtype)(x)))
         x = x.reshape(x.shape[0], -1)
         for feats in (120, 84):
             x = nn.relu(nn.Dense(feats, dtype=self.dtype)(x))
@@ -45,6 +55,6 @@ class SmallCNNEncoder(nn.Module):
         del train
         x = x.astype(self.dtype)
         for feats in (32, 64):
-            x = _pool(nn.relu(nn.Conv(feats, (3, 3), padding="SAME", dtype=self.dtype)(x)))
+            x = max_pool_2x2(nn.relu(nn.Conv(feats, (3, 3), padding="SAME", dtype=self.dtype)(x)))
         x = x.reshape(x.shape[0], -1)
         return nn.relu(nn.Dense(128, dtype=self.dtype)(x))
