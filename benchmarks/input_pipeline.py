@@ -5,7 +5,11 @@ the original has for MNIST, and random 32x32x3 uint8 arrays (CIFAR-10 preprocess
 batch 256) with every baseline policy. Prints one JSON line per case and a final
 ``{"min_images_per_s": ...}``.
 
-Usage: python -m benchmarks.input_pipeline [--quick]
+With ``--workers 1,4,16`` every case is measured at each thread count
+(``pipeline.prefetched(..., workers=N)``: whole batches per thread, batches identical for
+any count); ``images_per_cpu_s`` is images per second of process CPU time.
+
+Usage: python -m benchmarks.input_pipeline [--quick] [--workers 1,2]
 """
 from __future__ import annotations
 
@@ -28,39 +32,47 @@ def _array_source(n: int = 8192) -> sources.Source:
     return sources.Source("arrays32", 10, (32, 32, 3), "cifar10", 1000, "label", train, test)
 
 
-def measure(source: sources.Source, policy: str, batch: int, steps: int) -> dict:
+def measure(source: sources.Source, policy: str, batch: int, steps: int,
+            workers: int = 1) -> dict:
     split = distortion.make_split(source, distortion.DistortionConfig(10, 0.2, seed=0))
     sampler = ShardLocalSampler(split.num_train, 1, batch, 0)
     loader = pipeline.TrainLoader(source, split, sampler,
                                   transforms.host_transform(policy, source.family), seed=0,
                                   prefetch=2)
-    it = loader.iterate(0, 0)
+    it = pipeline.prefetched(lambda pos: loader.batch(*pos), loader.positions(0, 0), 2,
+                             workers=workers)
     next(it)   # warm-up (thread start, first batch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         next(it)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     it.close()
     return {"dataset": source.name, "policy": policy, "batch": batch, "steps": steps,
-            "seconds": round(elapsed, 4), "images_per_s": round(steps * batch / elapsed, 1)}
+            "workers": workers, "seconds": round(elapsed, 4),
+            "images_per_s": round(steps * batch / elapsed, 1),
+            "images_per_cpu_s": round(steps * batch / cpu, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps per case")
+    parser.add_argument("--workers", default="1",
+                        help="comma-separated worker-thread counts to measure (e.g. 1,4,16)")
     args = parser.parse_args()
     cases = [(sources.load_source("mnist5k"), p, 32) for p in
              transforms.allowed_policies("mnist")]
     arrays = _array_source()
     cases += [(arrays, p, 256) for p in transforms.POLICY_NAMES]
-    rates = []
+    workers = [int(w) for w in args.workers.split(",")]
+    rates = {w: [] for w in workers}
     for src, policy, batch in cases:
         steps = (20 if batch == 32 else 5) if args.quick else (200 if batch == 32 else 40)
-        row = measure(src, policy, batch, steps)
-        row["cpus"] = os.cpu_count()
-        rates.append(row["images_per_s"])
-        print(json.dumps(row), flush=True)
-    print(json.dumps({"min_images_per_s": min(rates)}), flush=True)
+        for w in workers:
+            row = measure(src, policy, batch, max(steps, 2 * w), workers=w)
+            row["cpus"] = os.cpu_count()
+            rates[w].append(row["images_per_s"])
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"min_images_per_s": {w: min(r) for w, r in rates.items()}}), flush=True)
 
 
 if __name__ == "__main__":
