@@ -227,18 +227,37 @@ class Trainer:
             counters["hyper_images"] += n * p.hyper_batch_size
         return state, _mean_metrics(metrics, "hyper_")
 
+    def _train_produce(self, epoch: int) -> Callable[[int], Any]:
+        """Host batch(es) of step j of a train pass: the train batch, plus a clean
+        validation batch for look-ahead methods (l2rw, mwn)."""
+        p = self.pipes
+        if p.reweight_val is None:
+            return lambda j: p.train.batch(epoch, j)
+        first = epoch * p.steps_per_epoch
+        return lambda j: (p.train.batch(epoch, j),
+                          p.reweight_val.batch(*_loader_position(p.reweight_val, first + j)))
+
+    def _train_steps(self, state, args):
+        """The inner step(s) of one dispatch on placed ``(*batches, valid)``: one plain
+        call when valid is None (K = 1), else K scanned steps; look-ahead methods (l2rw,
+        mwn) take a (train, clean) batch pair."""
+        cfg, *batches, valid = self.step_cfg, *args
+        if self.pipes.reweight_val is None:
+            if valid is None:
+                return train.inner_step(state, *batches, cfg, self.mesh)
+            return train.inner_steps(state, *batches, valid, cfg, self.mesh)
+        if valid is None:
+            return train.reweight_step(state, *batches, cfg, self.mesh)
+        return train.reweight_steps(state, *batches, valid, cfg, self.mesh)
+
     def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
         metrics = []
-        p, c, cfg = self.pipes, self.c, self.step_cfg
+        p, c = self.pipes, self.c
         k = min(self.steps_per_dispatch, p.steps_per_epoch)
         since_log = 0
-        for first, n, (batch, valid) in self._dispatch(lambda j: p.train.batch(epoch, j),
-                                                       p.steps_per_epoch, k):
-            if valid is None:
-                state, m = train.inner_step(state, batch, cfg, self.mesh)
-            else:
-                state, m = train.inner_steps(state, batch, valid, cfg, self.mesh)
-            metrics.append((m, n, valid is not None))
+        for first, n, args in self._dispatch(self._train_produce(epoch), p.steps_per_epoch, k):
+            state, m = self._train_steps(state, args)
+            metrics.append((m, n, args[-1] is not None))
             counters["train_images"] += n * c.batch_size
             counters["step"] += n
             done = first + n

@@ -173,9 +173,14 @@ def test_competitor_methods_tfds_mock(tmp_path):
     rows = run_setup.load_data(cfg_lib.Config(**TINY)).split.num_train
     with tfds.testing.mock_data(num_examples=rows + 40):
         for method in COMPETITORS:
+            # K = 2 steps per dispatch: the scanned path (mnist5k runs above take K = 1)
             s = _run(tmp_path / method, **dict(TINY, subsample_ratio=1.0, val_size=40,
-                                               imbalance_ratio=1.0), dataset="mnist", method=method)
+                                               imbalance_ratio=1.0), dataset="mnist",
+                     method=method, steps_per_dispatch=2)
             assert s["num_train"] == rows and 0.0 <= s["test_accuracy_final"] <= 1.0, method
+            if method != "trivialaugment":
+                epoch = read_metrics(str(tmp_path / method), "epoch")[-1]
+                assert 0.0 < epoch["train_kept_fraction"] <= 1.0, method
 
 
 def test_autodo_fixed_runs_no_hyper_step_and_keeps_the_initial_table(tmp_path):
