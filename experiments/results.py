@@ -6,7 +6,9 @@ the given paths and groups runs by every setting that changes results
 row per method, one column per exact "IR-NR" (e.g. ``10-0.05``); only the seed varies
 inside a cell, whose value is the mean ± sample std over seeds (and the number of runs).
 Settings missing from an older ``config.json`` take today's default. A table's title lists
-the settings that differ from the defaults. By default the cell is the top-1 test *error*
+the settings that differ from the defaults. A method run with non-default ``ROW_FIELDS``
+(``--host_policy``, ``--init_warp``) is its own row of the same table. By default the
+cell is the top-1 test *error*
 in % like the paper; ``--accuracy`` prints accuracy instead.
 
   python -m experiments.results workdirs/ --metric=final --csv=results.csv
@@ -76,15 +78,41 @@ def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
 #: Result fields that place a run inside a table (row, column, averaged over) rather than
 #: selecting the table.
 _CELL_FIELDS = ("dataset", "model", "method", "imbalance_ratio", "noise_ratio", "seed")
+#: Settings that make a *row variant* of a method (e.g. val_only with the augmentation
+#: AutoDO starts from) instead of another table.
+ROW_FIELDS = ("host_policy", "init_warp")
 
 
-def _setting(config: dict[str, Any]) -> str:
+def row_key(config: dict[str, Any]) -> str:
+    """The table row of a run: its method, plus ``[name=value, ...]`` for the row fields
+    (``ROW_FIELDS``) that differ from the defaults (``"val_only[host_policy=color_subset,
+    init_warp=True]"``)."""
+    defaults = cfg_lib.Config()
+    variant = [f"{name}={config[name]}" for name in ROW_FIELDS
+               if name in config and config[name] != getattr(defaults, name)]
+    return config["method"] + (f"[{', '.join(variant)}]" if variant else "")
+
+
+def row_label(key: str) -> str:
+    """Display name of a row key: the method's label, plus its variant."""
+    method, _, variant = key.partition("[")
+    label = METHOD_LABELS.get(method, method)
+    return f"{label} [{variant}" if variant else label
+
+
+def row_order(key: str) -> tuple[int, str]:
+    order = {m: i for i, m in enumerate(METHODS)}
+    method = key.partition("[")[0]
+    return order.get(method, len(order)), key
+
+
+def column_name(config: dict[str, Any]) -> str:
     """The exact column name "IR-NR" (shortest round-trip repr: 0.05 stays 0.05)."""
     ir = float(config["imbalance_ratio"])
     return f"{int(ir) if ir.is_integer() else repr(ir)}-{float(config['noise_ratio'])!r}"
 
 
-def _column_order(column: str) -> tuple[float, float]:
+def column_order(column: str) -> tuple[float, float]:
     ir, nr = column.split("-", 1)
     return float(nr), float(ir)
 
@@ -98,7 +126,7 @@ def group_settings(config: dict[str, Any]) -> tuple[str, ...]:
     saved = {k: v for k, v in config.items() if k not in cfg_lib.NON_RESULT_FIELDS}
     out = []
     for name in sorted(set(defaults) | set(saved)):
-        if name in _CELL_FIELDS:
+        if name in _CELL_FIELDS or name in ROW_FIELDS:
             continue
         value = saved.get(name, defaults.get(name))
         if name not in defaults or value != defaults[name]:
@@ -121,9 +149,11 @@ def build_tables(runs: Sequence[dict[str, Any]], metric: str = "final",
     """Groups runs into tables.
 
     Returns:
-      {(dataset, model, settings): {"columns": [IR-NR...], "rows": [(method, {column:
-      values})]}} where settings is ``group_settings(config)`` (``()`` for the defaults)
-      and values is the list of per-run numbers (one per seed) of that cell.
+      {(dataset, model, settings): {"columns": [IR-NR...], "rows": [(row, {column:
+      values})], "cost": ...}} where settings is ``group_settings(config)`` (``()`` for
+      the defaults), row is ``row_key(config)`` (the method, or a variant of it such as
+      ``val_only[host_policy=color_subset, init_warp=True]``) and values is the list of
+      per-run numbers (one per seed) of that cell.
     """
     if metric not in METRIC_KEYS:
         raise ValueError(f"metric must be one of {sorted(METRIC_KEYS)}, got {metric!r}")
@@ -135,15 +165,15 @@ def build_tables(runs: Sequence[dict[str, Any]], metric: str = "final",
         if v is None:
             continue
         key = (cfg["dataset"], cfg["model"], group_settings(cfg))
-        column = _setting(cfg)
-        groups.setdefault(key, {}).setdefault(cfg["method"], {}).setdefault(column, []).append(v)
-        costs.setdefault(key, {}).setdefault(cfg["method"], {}).setdefault(column, []).append(
+        column = column_name(cfg)
+        row = row_key(cfg)
+        groups.setdefault(key, {}).setdefault(row, {}).setdefault(column, []).append(v)
+        costs.setdefault(key, {}).setdefault(row, {}).setdefault(column, []).append(
             run_cost(run))
-    order = {m: i for i, m in enumerate(METHODS)}
     out = {}
     for key, cells in sorted(groups.items()):
-        columns = sorted({c for row in cells.values() for c in row}, key=_column_order)
-        rows = sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order)))
+        columns = sorted({c for row in cells.values() for c in row}, key=column_order)
+        rows = sorted(cells.items(), key=lambda kv: row_order(kv[0]))
         out[key] = {"columns": columns, "rows": rows, "cost": costs[key]}
     return out
 
@@ -193,7 +223,7 @@ def to_markdown(tables, metric: str, accuracy: bool) -> str:
         lines.append("| method | " + " | ".join(t["columns"]) + " | host | wall s | × none |")
         lines.append("|---|" + "---|" * (len(t["columns"]) + 3))
         for method, cells in t["rows"]:
-            label = METHOD_LABELS.get(method, method)
+            label = row_label(method)
             cost = row_cost(t["cost"][method], t["cost"].get("none"))
             extra = [cost["host"] or "–",
                      "–" if cost["wall_s"] is None else f"{cost['wall_s']:.0f}",

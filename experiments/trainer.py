@@ -376,6 +376,7 @@ class Trainer:
             extra={"method": c.method, "dataset": c.dataset, "model": c.model,
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
+                   "num_val": int(split.val_index.size),
                    "host_policy": run_setup.host_policy(c),
                    "hyper_batch_size": self.pipes.hyper_batch_size,
                    "num_devices": int(self.mesh.size), "epochs": c.epochs,

@@ -1,0 +1,202 @@
+r"""The report of a sweep: paper tables, the noise-handling table and the accuracy vs
+clean-val size plot, written to one directory.
+
+  python -m experiments.report WORKDIR_ROOT [--out=docs/results/NAME]
+
+``write_report(paths, out_dir)`` (also called by ``experiments.sweep`` at the end) writes
+
+- ``results.md``: the paper's layout from ``experiments.results`` (rows = methods and
+  their variants, columns = IR-NR, top-1 test error % of the final epoch, mean ± std over
+  seeds, one table per remaining setting such as the clean-val size; with each row's host
+  augmentation and cost), the validation-selected error, and the noise-handling table;
+- ``results.csv``: the final-epoch cells of the paper tables;
+- ``accuracy_vs_val_size.png``: final test accuracy against the number of clean
+  validation examples, one line per method, one panel per IR-NR setting.
+
+Noise-handling table: one row per (method, IR-NR); the AUC of the learned loss weights
+for clean against noisy train examples, the % of noisy labels whose learned soft label's
+argmax is the clean label ("fixed"), the % of clean labels whose soft label kept its
+argmax ("kept"), and the final accuracy on the minority classes (those shrunk by IR).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from experiments import results
+
+#: Noise-handling columns: (title, summary key, scale).
+NOISE_COLUMNS = (
+    ("weight AUC", "weight_auc_clean_vs_noisy", 1.0),
+    ("% noisy fixed", "soft_label_noisy_fixed_fraction", 100.0),
+    ("% clean kept", "soft_label_clean_kept_fraction", 100.0),
+    ("minority acc %", "minority_accuracy_final", 100.0),
+)
+
+
+def _mean_std(values: Sequence[float], digits: int) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def noise_cells(runs: Sequence[dict[str, Any]]) -> dict[tuple, dict[tuple[str, str], dict[str, list[float]]]]:
+    """{(dataset, model, settings): {(row, IR-NR): {summary key: [values over seeds]}}}."""
+    out: dict[tuple, dict[tuple[str, str], dict[str, list[float]]]] = {}
+    for run in runs:
+        cfg, s = run["config"], run["summary"]
+        key = (cfg["dataset"], cfg["model"], results.group_settings(cfg))
+        cell = out.setdefault(key, {}).setdefault((results.row_key(cfg), results.column_name(cfg)), {})
+        for _, name, scale in NOISE_COLUMNS:
+            if s.get(name) is not None:
+                cell.setdefault(name, []).append(scale * float(s[name]))
+    return out
+
+
+def noise_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for (dataset, model, settings), cells in sorted(noise_cells(runs).items()):
+        where = f" ({', '.join(settings)})" if settings else ""
+        lines.append(f"### {dataset}, {model}{where}: noise handling (final epoch; mean ± std "
+                     "over seeds)")
+        lines.append("| method | IR-NR | " + " | ".join(t for t, _, _ in NOISE_COLUMNS) + " |")
+        lines.append("|---|---|" + "---|" * len(NOISE_COLUMNS))
+        order = sorted(cells, key=lambda rc: (results.row_order(rc[0]),
+                                               results.column_order(rc[1])))
+        for row, column in order:
+            cell = cells[(row, column)]
+            values = [_mean_std(cell.get(name, []), 3 if scale == 1.0 else 1)
+                      for _, name, scale in NOISE_COLUMNS]
+            lines.append(f"| {results.row_label(row)} | {column} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _val_size(run: dict[str, Any]) -> int | None:
+    n = run["summary"].get("num_val") or run["config"].get("val_size")
+    return int(n) if n else None
+
+
+def accuracy_by_val_size(runs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, dict[int, list[float]]]]]:
+    """{(dataset, model, settings except val_size): {IR-NR: {row: {val size: [final test
+    accuracy % over seeds]}}}}."""
+    out: dict = {}
+    for run in runs:
+        cfg, n = run["config"], _val_size(run)
+        acc = run["summary"].get("test_accuracy_final")
+        if n is None or acc is None:
+            continue
+        settings = tuple(x for x in results.group_settings(cfg) if not x.startswith("val_size="))
+        (out.setdefault((cfg["dataset"], cfg["model"], settings), {})
+            .setdefault(results.column_name(cfg), {}).setdefault(results.row_key(cfg), {})
+            .setdefault(n, []).append(100.0 * float(acc)))
+    return out
+
+
+def plot_accuracy_vs_val_size(runs: Sequence[dict[str, Any]], path: str) -> str | None:
+    """PNG of final test accuracy against clean-val size (one line per row, one panel per
+    IR-NR setting, one figure row per table group); None when no run has a val size."""
+    data = accuracy_by_val_size(runs)
+    if not data:
+        return None
+    import matplotlib  # noqa: PLC0415  (only when plotting)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.ticker  # noqa: PLC0415
+
+    groups = sorted(data)
+    ncols = max(len(data[g]) for g in groups)
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(4.6 * ncols, 3.8 * len(groups)),
+                             squeeze=False)
+    for gi, group in enumerate(groups):
+        columns = sorted(data[group], key=results.column_order)
+        for ci in range(ncols):
+            ax = axes[gi][ci]
+            if ci >= len(columns):
+                ax.axis("off")
+                continue
+            rows = data[group][columns[ci]]
+            for row in sorted(rows, key=results.row_order):
+                sizes = sorted(rows[row])
+                mean = [np.mean(rows[row][n]) for n in sizes]
+                std = [np.std(rows[row][n], ddof=1) if len(rows[row][n]) > 1 else 0.0
+                       for n in sizes]
+                ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3,
+                            label=results.row_label(row))
+            ax.set_xscale("log")
+            sizes = sorted({n for r in rows.values() for n in r})
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(n) for n in sizes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("clean validation examples")
+            ax.set_ylabel("final test accuracy %")
+            title = f"IR-NR {columns[ci]}"
+            if group[2]:
+                title += "\n" + ", ".join(group[2])
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def report_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """The text of results.md."""
+    parts = ["# Results", "",
+             f"{len(runs)} finished runs. Top-1 test error % at the final epoch (the paper "
+             "reports best-on-test); mean ± std over seeds (number of runs).", "",
+             "## Final epoch", "",
+             results.to_markdown(results.build_tables(runs, "final"), "final", False),
+             "## Validation-selected epoch", "",
+             results.to_markdown(results.build_tables(runs, "val_selected"), "val_selected", False),
+             "## Noise handling", "", noise_markdown(runs)]
+    return "\n".join(parts)
+
+
+def write_report(paths: Iterable[str], out_dir: str) -> list[str]:
+    """Writes results.md, results.csv and accuracy_vs_val_size.png for the finished runs
+    found under ``paths``; returns the paths written."""
+    runs = results.find_runs([p for p in paths if os.path.exists(p)])
+    if not runs:
+        raise FileNotFoundError(f"no finished run under {list(paths)}")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, text in (("results.md", report_markdown(runs)),
+                       ("results.csv", results.to_csv(results.build_tables(runs, "final"), "final"))):
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    png = plot_accuracy_vs_val_size(runs, os.path.join(out_dir, "accuracy_vs_val_size.png"))
+    if png:
+        written.append(png)
+    return written
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) < 2:
+        sys.stderr.write("usage: python -m experiments.report WORKDIR_ROOT... --out=DIR\n")
+        sys.exit(2)
+    try:
+        written = write_report(argv[1:], flags.FLAGS.out)
+    except FileNotFoundError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(1)
+    print("\n".join(written))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("out", "docs/results/report", "Directory of the report.")
+    app.run(main)

@@ -1,0 +1,145 @@
+"""experiments.sweep (grids, resume after a kill) and experiments.report (tables and plot
+from workdirs)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import config as cfg_lib, report, results, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ grids
+
+def test_public_grid_has_every_cell_once():
+    runs = sweep.grid(sweep.PRESETS["mnist5k_grid"], "root")
+    preset = sweep.PRESETS["mnist5k_grid"]
+    assert len(runs) == 3 * 2 * 3 * len(preset.methods)
+    assert len({r.workdir for r in runs}) == len(runs)  # every run has its own workdir
+    assert [r.config.seed for r in runs[:len(runs) // 3]] == [0] * (len(runs) // 3)  # seed-major
+    variants = {results.row_key(r.config.to_dict()) for r in runs}
+    assert "val_only[host_policy=color_subset, init_warp=True]" in variants
+    assert {"none", "randaugment", "autodo_fixed", "autodo_aw", "autodo_aws", "val_only",
+            "train_plus_val"} <= variants
+    assert {r.config.val_size for r in runs} == {100, 500}
+
+
+def test_grid_filters_and_bad_input():
+    preset = sweep.PRESETS["mnist5k_grid"]
+    runs = sweep.grid(preset, "root", methods=["autodo_aws", "none"], settings=["10-0.2"],
+                      val_sizes=[500], seeds=[0], overrides={"epochs": 20})
+    assert [r.config.method for r in runs] == ["none", "autodo_aws"]
+    assert all(r.config.epochs == 20 and r.config.imbalance_ratio == 10 for r in runs)
+    assert "--epochs=20" in runs[0].flags() and runs[0].flags()[-1].startswith("--workdir=root/")
+    with pytest.raises(ValueError, match="--settings"):
+        sweep.grid(preset, "root", settings=["7-0.3"])
+    with pytest.raises(ValueError, match="--methods"):
+        sweep.grid(preset, "root", methods=["bogus"])
+    with pytest.raises(ValueError, match="--learning_rate"):
+        sweep.grid(preset, "root", overrides={"learning_rate": -1.0})
+    assert sweep._overrides(["epochs=3", "init_warp=true"]) == {"epochs": 3, "init_warp": True}
+    with pytest.raises(ValueError, match="--set=bogus"):
+        sweep._overrides(["bogus=1"])
+
+
+# ------------------------------------------------------------------ report on fake workdirs
+
+def _fake_run(root, name, summary, **config):
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    cfg = cfg_lib.Config(**config).to_dict()
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    summary = {"wall_time_s": 10.0, "train_images": 100, "host_policy": "none", **summary}
+    with open(os.path.join(d, "summary.json"), "w") as f:
+        json.dump(summary, f)
+
+
+def test_report_on_fake_workdirs_gives_the_expected_cells(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed, acc in ((0, 0.80), (1, 0.90)):
+        for val in (100, 500):
+            _fake_run(root, f"none_{val}_{seed}", {"test_accuracy_final": acc + val / 10000,
+                                                    "num_val": val,
+                                                    "minority_accuracy_final": 0.5},
+                      method="none", seed=seed, val_size=val)
+            _fake_run(root, f"aws_{val}_{seed}",
+                      {"test_accuracy_final": 0.95 + 0.01 * seed, "num_val": val,
+                       "minority_accuracy_final": 0.9, "weight_auc_clean_vs_noisy": 0.9 + 0.02 * seed,
+                       "soft_label_noisy_fixed_fraction": 0.3,
+                       "soft_label_clean_kept_fraction": 0.99},
+                      method="autodo_aws", seed=seed, val_size=val)
+        _fake_run(root, f"vo_{seed}", {"test_accuracy_final": 0.7, "num_val": 100},
+                  method="val_only", seed=seed, val_size=100)
+        _fake_run(root, f"voaug_{seed}", {"test_accuracy_final": 0.75, "num_val": 100},
+                  method="val_only", seed=seed, val_size=100, host_policy="color_subset",
+                  init_warp=True)
+    runs = results.find_runs([root])
+    tables = results.build_tables(runs, "final")
+    # one table per clean-val size; the +aug variant is a row of the same table
+    assert sorted(k[2] for k in tables) == [("val_size=100",), ("val_size=500",)]
+    t100 = tables[("mnist5k", "small_cnn", ("val_size=100",))]
+    rows = dict(t100["rows"])
+    assert list(rows) == ["none", "autodo_aws", "val_only",
+                          "val_only[host_policy=color_subset, init_warp=True]"]
+    assert t100["columns"] == ["10-0.2"]
+    assert results.format_cell(rows["none"]["10-0.2"]) == "14.0 ± 7.1 (2)"  # error % of 81, 91
+    assert results.format_cell(rows["autodo_aws"]["10-0.2"]) == "4.5 ± 0.7 (2)"
+    assert results.format_cell(rows["val_only[host_policy=color_subset, init_warp=True]"]["10-0.2"]) == "25.0 ± 0.0 (2)"
+    md = report.noise_markdown(runs)
+    assert "| λ^{A,W,S} | 10-0.2 | 0.910 ± 0.014 | 30.0 ± 0.0 | 99.0 ± 0.0 | 90.0 ± 0.0 |" in md
+    assert "| Baseline | 10-0.2 | – | – | – | 50.0 ± 0.0 |" in md
+    by_size = report.accuracy_by_val_size(runs)[("mnist5k", "small_cnn", ())]["10-0.2"]
+    assert sorted(by_size["none"]) == [100, 500]
+    assert by_size["none"][100] == pytest.approx([81.0, 91.0])
+    assert by_size["none"][500] == pytest.approx([85.0, 95.0])
+    assert set(by_size) == {"none", "autodo_aws", "val_only",
+                            "val_only[host_policy=color_subset, init_warp=True]"}
+    out = str(tmp_path / "report")
+    written = report.write_report([root], out)
+    assert sorted(os.path.basename(p) for p in written) == [
+        "accuracy_vs_val_size.png", "results.csv", "results.md"]
+    text = open(os.path.join(out, "results.md")).read()
+    assert "Val only [host_policy=color_subset, init_warp=True]" in text
+    assert os.path.getsize(os.path.join(out, "accuracy_vs_val_size.png")) > 10_000
+
+
+# ------------------------------------------------------------------ resume after a kill
+
+def _sweep_cmd(root, res):
+    return [sys.executable, "-m", "experiments.sweep", "--preset=tiny", "--workers=1",
+            f"--root={root}", f"--results_dir={res}"]
+
+
+@pytest.mark.slow
+def test_sweep_resumes_after_a_kill_and_repeats_no_finished_run(tmp_path):
+    root, res = str(tmp_path / "runs"), str(tmp_path / "report")
+    runs = sweep.grid(sweep.PRESETS["tiny"], root)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(_sweep_cmd(root, res), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 900
+    while not runs[0].finished() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert runs[0].finished(), proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGTERM)  # the sweep stops its running child and exits
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert not all(r.finished() for r in runs)  # the kill interrupted the grid
+    first = os.path.join(runs[0].workdir, "summary.json")
+    stamp = os.stat(first).st_mtime_ns
+    again = subprocess.run(_sweep_cmd(root, res), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=1800)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert f"3 runs: 1 finished (skipped)" in again.stdout or "2 finished (skipped)" in again.stdout
+    assert os.stat(first).st_mtime_ns == stamp  # not repeated
+    log = open(os.path.join(root, "logs", runs[0].name + ".log")).read()
+    assert log.count("$ ") == 1  # started once
+    assert all(r.finished() for r in runs)
+    assert os.path.exists(os.path.join(res, "results.md"))
+    assert os.path.exists(os.path.join(res, "accuracy_vs_val_size.png"))
