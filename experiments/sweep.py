@@ -70,7 +70,10 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1, 2),
         methods=(("none", {}), ("randaugment", {}), ("autodo_fixed", {}), ("autodo_aw", {}),
                  ("autodo_aws", {}), ("val_only", {}), ("val_only", AUTODO_START_AUG),
-                 ("train_plus_val", {}), ("train_plus_val", AUTODO_START_AUG)),
+                 ("train_plus_val", {}), ("train_plus_val", AUTODO_START_AUG),
+                 # competitors (issue 13), AutoDO's budget (epochs, batch, lr); host: the
+                 # colour subset for l2rw / mwn as AutoDO, TrivialAugment Wide for its row
+                 ("trivialaugment", {}), ("l2rw", {}), ("mwn", {})),
         base={"dataset": "mnist5k"}),
     "tiny": Preset(
         settings=((10.0, 0.2),), val_sizes=(40,), seeds=(0,),

@@ -25,7 +25,7 @@ def test_public_grid_has_every_cell_once():
     variants = {results.row_key(r.config.to_dict()) for r in runs}
     assert "val_only[host_policy=color_subset, init_warp=True]" in variants
     assert {"none", "randaugment", "autodo_fixed", "autodo_aw", "autodo_aws", "val_only",
-            "train_plus_val"} <= variants
+            "train_plus_val", "trivialaugment", "l2rw", "mwn"} <= variants
     assert {r.config.val_size for r in runs} == {100, 500}
 
 
