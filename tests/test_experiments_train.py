@@ -269,3 +269,24 @@ def test_results_and_visualize_on_finished_workdir(finished, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "| λ^{A,W,S} |" in p.stdout and (tmp_path / "r.csv").exists()
     assert json.loads(json.dumps(summary)) == summary
+
+
+@pytest.mark.slow
+def test_hypergrad_probe_on_finished_workdir(finished):
+    """The probe's closed-form hypergradients equal implicit.hypergrad on the run's
+    checkpoint, and its report covers every θ choice and solver."""
+    from experiments import hypergrad_probe
+    wd, summary = finished
+    run = hypergrad_probe.load_run(str(wd))
+    assert run["epoch"] == 2
+    assert hypergrad_probe.check_closed_form(run, rows=16) < 1e-6
+    report = hypergrad_probe.probe(run)
+    assert report["num_train"] == summary["num_train"]
+    assert report["num_noisy"] == summary["num_noisy_train"]
+    names = set(report["variants"])
+    assert {"head/neumann5", "kernel/neumann5", "centred_kernel/neumann5",
+            "centred_kernel/damped0.1"} <= names
+    entry = report["variants"]["head/neumann5"]
+    for key in ("S/full/sym/row", "S/common/jq/coord", "S/specific/jp/field"):
+        assert 0.0 <= entry[key]["noisy_toward_clean"] <= 1.0
+        assert 0.0 <= entry[key]["flip_auc"] <= 1.0
