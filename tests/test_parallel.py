@@ -140,6 +140,11 @@ def test_host_shards_match_the_mesh_in_any_device_order(order):
         np.testing.assert_array_equal(np.asarray(shard.data), rows[want[shard.device]])
     np.testing.assert_array_equal(np.asarray(arr), rows)
     np.testing.assert_array_equal(parallel.fetch({"a": arr})["a"], rows)
+    stacked = np.stack([rows, rows + 1])  # K = 2 batches of a multi-step dispatch
+    host2 = np.concatenate([stacked[:, r] for _, r in blocks], axis=1)
+    arr2 = parallel.global_batch(host2, mesh, axis=1)
+    assert arr2.sharding.spec == P(None, "data")
+    np.testing.assert_array_equal(np.asarray(arr2), stacked)
     with pytest.raises(ValueError, match="not a multiple of the 8 devices"):
         parallel.host_shards(mesh, 12)
 

@@ -1,5 +1,7 @@
 """Train steps: the inner step learns with λ fixed, the hyper step touches only the
 batch's rows and skips non-finite updates; table init, config validation, eval, checks."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,3 +151,30 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
     assert_tree_equal(host(state.table), before.table)
     assert_tree_equal(host(state.table_opt_state), before.table_opt_state)
     assert int(state.hyper_count) == 1
+
+
+def test_nonfinite_inner_update_is_skipped_and_counted():
+    """A NaN image (NaN loss) and an overflowing learning rate (Inf parameters) each skip
+    the update: parameters, statistics and optimizer state are kept, the step advances."""
+    images, labels = data()
+    state = make_state(NONE, labels)
+    nan_images = images.copy()
+    nan_images[5] = np.nan
+    before = host(state)
+    state, metrics = train.inner_step(state, make_batch(nan_images, labels, np.arange(B)), NONE)
+    assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    assert_tree_equal(host(state.params), before.params)
+    assert_tree_equal(host(state.opt_state), before.opt_state)
+    assert int(state.step) == 1
+    good = make_batch(images, labels, np.arange(B))
+    state, metrics = train.inner_step(state, good, NONE)
+    assert int(metrics["skipped"]) == 0 and int(state.step) == 2
+    huge = dataclasses.replace(NONE, lr=1e30)  # the first step blows the weights up...
+    state, metrics = train.inner_step(state, good, huge)
+    assert int(metrics["skipped"]) == 0
+    before = host(state)
+    for _ in range(2):  # ...after which every step is non-finite and skipped
+        state, metrics = train.inner_step(state, good, huge)
+        assert int(metrics["skipped"]) == 1
+    assert_tree_equal(host(state.params), before.params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host(state.params)))

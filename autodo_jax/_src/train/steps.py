@@ -79,6 +79,11 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
     the images, λ_W weights the loss, λ_S gives the soft labels); no gradient reaches the
     table and the warp is not differentiated. ``state`` is donated.
 
+    Numerical guard: when the loss, or any new parameter, BatchNorm statistic or optimizer
+    moment is NaN or infinite, the update is skipped (parameters, statistics and
+    optimizer state keep their values; ``step`` still advances, the batch is consumed)
+    and ``metrics["skipped"]`` is 1.
+
     Args:
         state: the train state (donated: do not use it afterwards).
         batch: ``{"images": (B, H, W, C) float32, "labels": int32 (B,), "ids": int32
@@ -88,7 +93,8 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
 
     Returns:
         ``(new_state, metrics)``; metrics: "loss" (weighted train loss), "accuracy" (vs
-        the given labels), "grad_norm", "lr", and "weight_mean" when weights are learned.
+        the given labels), "grad_norm", "lr", "skipped" (int32 0/1), and "weight_mean"
+        when weights are learned.
     """
     model = model_from_config(cfg)
     rows = jax.lax.stop_gradient(_rows(state, batch["ids"], cfg, mesh))
@@ -103,16 +109,20 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, updates), new_stats, opt_state)
+    finite = all_finite(loss, *new)
+    params, new_stats, opt_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new,
+                                                (state.params, state.batch_stats, state.opt_state))
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
         "grad_norm": _global_norm(grads),
         "lr": lr_schedule(cfg)(state.step),
+        "skipped": jnp.logical_not(finite).astype(jnp.int32),
     }
     if cfg.learn_weight:
         metrics["weight_mean"] = _weight_mean(rows)
-    new_state = state.replace(params=optax.apply_updates(state.params, updates),
-                              batch_stats=new_stats, opt_state=opt_state,
+    new_state = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state,
                               step=state.step + 1)
     return new_state, metrics
 
