@@ -69,8 +69,9 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
 def maybe_initialize_distributed() -> None:
     """Calls ``jax.distributed.initialize`` once when the environment describes several
     processes: ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``),
-    or a SLURM / Open MPI job with more than one task (cluster auto-detection). Otherwise
-    (single host) it does nothing. Must run before any other JAX call."""
+    a SLURM / Open MPI job with more than one task, or ``AUTODO_DISTRIBUTED=1`` (JAX's
+    cluster auto-detection, e.g. every worker of a Cloud TPU pod slice). Otherwise (single
+    host) it does nothing. Must run before any other JAX call."""
     if jax.distributed.is_initialized():
         return
     env = os.environ
@@ -81,7 +82,8 @@ def maybe_initialize_distributed() -> None:
         if env.get("JAX_PROCESS_ID"):
             kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
         jax.distributed.initialize(**kwargs)
-    elif int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    elif (env.get("AUTODO_DISTRIBUTED") == "1" or int(env.get("SLURM_NTASKS", "1")) > 1
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
         jax.distributed.initialize()
 
 

@@ -68,3 +68,40 @@ def load_final_table(workdir: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{path} does not exist: the run has not finished")
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+#: Summary fields that differ between any two runs of one configuration (time, place).
+VOLATILE_SUMMARY_FIELDS = ("wall_time_s", "images_per_s", "workdir")
+
+
+def run_differences(workdir_a: str, workdir_b: str) -> list[str]:
+    """How two finished runs differ in their results: summary.json (without
+    VOLATILE_SUMMARY_FIELDS), every array of final_table.npz (bitwise) and every record of
+    metrics.jsonl (without the ``*time_s`` fields). [] when they are the same.
+    """
+    from experiments.metric_writer import read_metrics  # local: metric_writer imports this module
+    out = []
+    sa, sb = (read_json(os.path.join(w, SUMMARY_FILE)) for w in (workdir_a, workdir_b))
+    for k in sorted(set(sa) | set(sb)):
+        if k not in VOLATILE_SUMMARY_FIELDS and sa.get(k) != sb.get(k):
+            out.append(f"summary {k}: {sa.get(k)!r} != {sb.get(k)!r}")
+    tables = [os.path.exists(os.path.join(w, TABLE_FILE)) for w in (workdir_a, workdir_b)]
+    if tables[0] != tables[1]:
+        out.append(f"{TABLE_FILE} exists in one run only")
+    elif tables[0]:
+        ta, tb = load_final_table(workdir_a), load_final_table(workdir_b)
+        for k in sorted(set(ta) | set(tb)):
+            if k not in ta or k not in tb or not np.array_equal(ta[k], tb[k]):
+                diff = ("missing in one" if k not in ta or k not in tb or ta[k].shape != tb[k].shape
+                        else f"max |diff| {np.max(np.abs(ta[k].astype(float) - tb[k].astype(float)))}")
+                out.append(f"table {k}: {diff}")
+
+    def strip(workdir):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")}
+                for r in read_metrics(workdir)]
+    ma, mb = strip(workdir_a), strip(workdir_b)
+    if ma != mb:
+        bad = next((i for i, (a, b) in enumerate(zip(ma, mb)) if a != b), min(len(ma), len(mb)))
+        out.append(f"metrics.jsonl: {len(ma)} vs {len(mb)} records, first difference at "
+                   f"record {bad}")
+    return out

@@ -179,6 +179,12 @@ class Config:
     # run control
     seed: int = _f(0, "Seed of everything (split, init, order, augmentation).")
     checkpoint_every: int = _f(5, "Checkpoint every this many epochs (and at the end).")
+    checkpoint_every_steps: int = _f(
+        0, "Also checkpoint every this many steps (inner + hyper; 0 = only at epochs). A "
+           "SIGTERM always checkpoints at the next step and exits with code 75.")
+    max_nonfinite_steps: int = _f(
+        20, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
+            "or update) of one kind.")
     max_steps_per_epoch: int = _f(0, "Cap on steps of each pass (0 = no cap; for smoke tests).")
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
@@ -199,8 +205,9 @@ class Config:
 
 
 #: Fields that do not change results: they may differ between a run and its resume.
-NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "log_every", "stop_after_epoch",
-                     "steps_per_dispatch", "data_workers")
+NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "checkpoint_every_steps", "log_every",
+                     "stop_after_epoch", "max_nonfinite_steps", "steps_per_dispatch",
+                     "data_workers")
 
 
 def field_specs() -> list[dataclasses.Field]:
@@ -360,7 +367,7 @@ def static_errors(config: Config) -> list[str]:
     need(c.val_size >= 0, "val_size", "allowed: an integer >= 0 (0 = dataset default)")
     need(c.epochs >= 1, "epochs", "allowed: an integer >= 1")
     for name in ("batch_size", "eval_batch_size", "solver_iters", "checkpoint_every",
-                 "upsample"):
+                 "upsample", "max_nonfinite_steps"):
         need(getattr(c, name) >= 1, name, "allowed: an integer >= 1")
     need(0 <= c.data_workers <= 64, "data_workers", "allowed: an integer in [0, 64] (0 = auto)")
     need(c.steps_per_dispatch >= 0, "steps_per_dispatch", "allowed: an integer >= 0 (0 = auto)")
@@ -381,7 +388,8 @@ def static_errors(config: Config) -> list[str]:
          "allowed: a number >= 0 (capped at --epochs)")
     for name in ("hyper_batch_size", "hyper_steps_per_epoch", "max_steps_per_epoch",
                  "eval_limit", "log_every",
-                 "num_devices", "seed", "hyper_start_epoch", "stop_after_epoch"):
+                 "num_devices", "seed", "hyper_start_epoch", "stop_after_epoch",
+                 "checkpoint_every_steps"):
         need(getattr(c, name) >= 0, name, "allowed: an integer >= 0")
     if errs or c.method not in METHODS:
         return errs

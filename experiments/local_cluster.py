@@ -31,15 +31,18 @@ def free_port() -> int:
 
 
 def process_env(process_id: int, num_processes: int, devices: int, port: int,
-                extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of process ``process_id`` of a local job."""
+                extra: Mapping[str, str] | None = None,
+                distributed: bool | None = None) -> dict[str, str]:
+    """The environment of process ``process_id`` of a local job; ``distributed`` (default:
+    more than one process) sets the JAX_COORDINATOR_ADDRESS variables (then even one
+    process uses the distributed runtime and its gloo CPU collectives)."""
     env = dict(os.environ)
     env.update({"JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                 "JAX_NUM_PROCESSES": str(num_processes), "JAX_PROCESS_ID": str(process_id),
                 "JAX_PLATFORMS": "cpu",
                 "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
                 "PYTHONPATH": os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])})
-    if num_processes == 1:
+    if not (num_processes > 1 if distributed is None else distributed):
         for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
             env.pop(k)
     env.update(extra or {})
@@ -55,7 +58,7 @@ class Job:
 
     def __init__(self, args: Sequence[str], *, num_processes: int, devices: int,
                  log_prefix: str, module: str = "experiments.train",
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, distributed: bool | None = None):
         port = free_port()
         self.logs = [f"{log_prefix}.{i}.log" for i in range(num_processes)]
         self.procs: list[subprocess.Popen] = []
@@ -65,7 +68,7 @@ class Job:
                     self.procs.append(subprocess.Popen(
                         [sys.executable, "-m", module, *args], cwd=REPO, stdout=out,
                         stderr=subprocess.STDOUT,
-                        env=process_env(i, num_processes, devices, port, env)))
+                        env=process_env(i, num_processes, devices, port, env, distributed)))
         except BaseException:
             self.kill()
             raise

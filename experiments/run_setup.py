@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -84,6 +85,11 @@ def load_data(config: cfg_lib.Config) -> Data:
                                      image_size=cfg_lib.parse_image_size(c.image_size))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError([f"--dataset={c.dataset}: {' '.join(str(err).split())}"]) from None
+    except Exception as err:  # noqa: BLE001  TFDS raises anything (AssertionError, ImportError)
+        raise ConfigError([
+            f"--dataset={c.dataset}: cannot be loaded ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:300]}); allowed: mnist5k, folder:PATH, npz:PATH or "
+            "a prepared TFDS image-classification dataset (NAME or NAME:VERSION)"]) from None
     dcfg = distortion_config(c)
     try:
         split = distortion.make_split(source, dcfg)
@@ -129,6 +135,47 @@ def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
     return None
 
 
+def class_coverage_error(config: cfg_lib.Config, data: Data) -> str | None:
+    """Why training cannot cover every class (a class without any train example), or None."""
+    split, train_on = data.split, cfg_lib.METHODS[config.method]["train_on"]
+    clean = {"train": [split.train_clean_labels], "val": [split.val_labels],
+             "train+val": [split.train_clean_labels, split.val_labels]}[train_on]
+    counts = np.bincount(np.concatenate(clean).astype(np.int64), minlength=split.num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if not empty.size:
+        return None
+    names = getattr(data.source, "class_names", None) or []
+    named = [f"{k} ({names[k]})" if k < len(names) else str(k) for k in empty[:10]]
+    which = (f"class {named[0]}" if empty.size == 1 else
+             f"classes {', '.join(named)}{', ...' if empty.size > 10 else ''}")
+    return (f"--imbalance_ratio={config.imbalance_ratio}: leaves no train example of {which} "
+            f"(with --subsample_ratio={config.subsample_ratio}, --noise_ratio="
+            f"{config.noise_ratio}); every class needs at least one: lower --imbalance_ratio "
+            "or raise --subsample_ratio")
+
+
+def workdir_error(workdir: str) -> str | None:
+    """Why the run could not create or write `workdir`, or None. Writes nothing in an
+    existing workdir; for a new one, creates and removes a probe directory beside it."""
+    path = os.path.abspath(workdir)
+    if os.path.isdir(path):
+        ok = os.access(path, os.W_OK | os.X_OK)
+        return None if ok else f"--workdir={workdir}: not writable"
+    if os.path.exists(path):
+        return f"--workdir={workdir}: exists and is not a directory"
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"--workdir={workdir}: cannot be created, {parent} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".autodo_probe_", dir=parent))
+    except OSError as err:
+        return (f"--workdir={workdir}: cannot be created in {parent} "
+                f"({err.strerror or type(err).__name__})")
+    return None
+
+
 def check_workdir(config: cfg_lib.Config, workdir: str) -> bool:
     """Raises ConfigError if `workdir` holds a run of another configuration.
 
@@ -136,8 +183,9 @@ def check_workdir(config: cfg_lib.Config, workdir: str) -> bool:
       True when the workdir already holds this configuration's config.json (resume).
     """
     path = os.path.join(workdir, artifacts.CONFIG_FILE)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError([f"--workdir={workdir}: exists and is not a directory"])
+    error = workdir_error(workdir)
+    if error:
+        raise ConfigError([error])
     if not os.path.exists(path):
         return False
     try:
@@ -173,6 +221,9 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
         num_devices=jax.device_count(),
         model_error=model_fit_error(config, tuple(src.image_shape), int(src.num_classes),
                                     resizable=user_sources.parse_dataset(config.dataset) is not None))
+    coverage = class_coverage_error(config, data)
+    if coverage:
+        errors.append(coverage)
     if errors:
         raise ConfigError(errors)
     check_workdir(config, workdir)

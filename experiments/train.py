@@ -102,20 +102,29 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
+#: Exit codes: 0 finished (or stopped by --stop_after_epoch); 2 bad input, a workdir in
+#: use or a checkpoint of another structure (one line each, nothing changed); 3 stopped
+#: after --max_nonfinite_steps non-finite steps in a row; 75 preempted by SIGTERM after
+#: saving a checkpoint (rerun to resume; experiments.preemption.EXIT_PREEMPTED).
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         sys.stderr.write(f"error: unexpected arguments {list(argv[1:])}; use --flag=value\n")
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the progress
     config = config_from_flags()
     errors = cfg_lib.static_errors(config)
     if errors:
         sys.stderr.write("".join(f"error: {e}\n" for e in errors))
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     _reexec_with_malloc_tuning()  # after the flag checks, before JAX starts
     # Imported here so that flag errors are reported before JAX starts.
     from autodo_jax import parallel
+    from experiments.preemption import EXIT_PREEMPTED, Preempted
+    from experiments.progress import Diverged
     from experiments.trainer import ConfigError, print_summary, train_and_evaluate
     parallel.maybe_initialize_distributed()
     enable_compilation_cache(FLAGS.compilation_cache)
@@ -123,7 +132,13 @@ def main(argv: Sequence[str]) -> None:
         summary = train_and_evaluate(config, FLAGS.workdir or cfg_lib.default_workdir(config))
     except ConfigError as err:
         sys.stderr.write("".join(f"error: {line}\n" for line in err.lines))
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except Diverged as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_DIVERGED)
+    except Preempted as err:
+        sys.stderr.write(f"{err}\n")
+        sys.exit(EXIT_PREEMPTED)
     print_summary(summary)
 
 

@@ -17,9 +17,23 @@ rounding; the worker count changes nothing (every batch a pure function of its p
 
 Determinism: every random choice is a function of (seed, epoch, step): the split (seed),
 the order of rows (ShardLocalSampler seeded per epoch), host augmentation
-(``default_rng([seed', epoch, step, process])``) and device randomness (the state's key,
-folded with the step inside the steps). Checkpoints sit at epoch boundaries, so the data
-position is the epoch; a resumed run reaches the same final numbers.
+(``default_rng([seed', epoch, step, block])``) and device randomness (the state's key,
+folded with the step inside the steps). So the data position is (epoch, pass, step) and
+a resumed run reaches the same final numbers.
+
+Checkpoints: at the end of every ``--checkpoint_every`` epochs, every
+``--checkpoint_every_steps`` steps, and when a preemption notice (SIGTERM) arrives; all
+three are taken at dispatch boundaries (a dispatch may run K steps), with the position
+and the metric sums of the epoch in progress (``experiments.progress``). A preempted run
+exits with ``preemption.EXIT_PREEMPTED`` after its checkpoint is written.
+
+Numerical guard: a step whose update is not finite is skipped by the step itself and
+counted; ``--max_nonfinite_steps`` skipped steps in a row stop the run (``Diverged``);
+a non-finite state is never checkpointed.
+
+Several processes: every process runs this loop on its own blocks of each batch
+(``parallel.host_shards``); what reaches the host goes through ``parallel.fetch``; files
+are written by process 0 (config, split, metrics, summary, table) or collectively (Orbax).
 """
 from __future__ import annotations
 
@@ -35,13 +49,23 @@ import numpy as np
 
 from autodo_jax import augment, parallel, train
 from autodo_jax.data import pipeline, transforms
-from experiments import artifacts, run_setup, summary as summary_lib
+from experiments import artifacts, run_setup, summary as summary_lib, workdir_lock
 from experiments import config as cfg_lib
-from experiments.checkpointing import Checkpointer
+from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
+                                       NonFiniteStateError)
 from experiments.metric_writer import MetricWriter
+from experiments.preemption import Preempted, PreemptionWatch
+from experiments.progress import Diverged, Progress
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
 
 CHECKPOINT_DIR = "checkpoints"
+#: Dispatches between reads of the step metrics (the numerical guard's check).
+FLUSH_EVERY = 16
+
+
+def derive_seed(seed: int, tag: int) -> int:
+    """An independent non-negative int seed for stream `tag` of run seed `seed`."""
+    return int(np.random.SeedSequence([int(seed), int(tag)]).generate_state(1)[0] >> 1)
 
 
 def default_data_workers() -> int:
@@ -58,11 +82,6 @@ def default_steps_per_dispatch() -> int:
     once per batch (small_cnn, batch 32), far more than the dispatch cost it saves.
     """
     return 1 if jax.default_backend() == "cpu" else 8
-
-
-def derive_seed(seed: int, tag: int) -> int:
-    """An independent non-negative int seed for stream `tag` of run seed `seed`."""
-    return int(np.random.SeedSequence([int(seed), int(tag)]).generate_state(1)[0] >> 1)
 
 
 @dataclasses.dataclass
@@ -86,8 +105,20 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     cap = c.max_steps_per_epoch or None
     train_tf = transforms.host_transform(run_setup.host_policy(c), src.family)
     eval_tf = transforms.host_transform("none", src.family)
-    sampler = parallel.ShardLocalSampler(len(data.train_index), num_shards, c.batch_size,
-                                         derive_seed(c.seed, 1))
+
+    def sampler_of(rows: int, flag: str, batch: int, what: str,
+                   tag: int) -> parallel.ShardLocalSampler:
+        try:
+            return parallel.ShardLocalSampler(rows, num_shards, batch, derive_seed(c.seed, tag))
+        except ValueError:
+            per = parallel.padded_num_rows(rows, num_shards) // num_shards
+            smallest = min(per, rows - (num_shards - 1) * per)
+            raise ConfigError([
+                f"--{flag}={batch}: too large for the {rows} {what} on {num_shards} devices "
+                f"(each device draws {batch // num_shards} rows a step from its shard; the "
+                f"smallest shard has {smallest}); allowed: <= {smallest * num_shards}"]) from None
+
+    sampler = sampler_of(len(data.train_index), "batch_size", c.batch_size, "training examples", 1)
     train = pipeline.BatchLoader(src.train, data.train_index, data.train_labels, sampler,
                                  train_tf, seed=derive_seed(c.seed, 2),
                                  shards=parallel.host_shards(mesh, c.batch_size))
@@ -96,12 +127,11 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     hspe = hb = 0
     if cfg_lib.has_hyper_steps(c.method):
         hb = cfg_lib.hyper_batch_size(c, split.num_train, int(split.val_index.size), num_shards)
-        hs = parallel.ShardLocalSampler(split.num_train, num_shards, hb, derive_seed(c.seed, 3))
+        hs = sampler_of(split.num_train, "hyper_batch_size", hb, "train rows", 3)
         hyper_shards = parallel.host_shards(mesh, hb)
         hyper_train = pipeline.TrainLoader(src, split, hs, train_tf, derive_seed(c.seed, 4),
                                            shards=hyper_shards)
-        vs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards, hb,
-                                        derive_seed(c.seed, 5))
+        vs = sampler_of(int(split.val_index.size), "hyper_batch_size", hb, "validation examples", 5)
         hyper_val = pipeline.ValLoader(src, split, vs, eval_tf, derive_seed(c.seed, 6),
                                        shards=hyper_shards)
         hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
@@ -181,9 +211,11 @@ class Trainer:
         return out
 
     # ---------------------------------------------------------------- passes
-    def _dispatch(self, produce: Callable[[int], Any], num_steps: int, k: int) -> Any:
+    def _dispatch(self, produce: Callable[[int], Any], start: int, num_steps: int,
+                  k: int) -> Any:
         """Yields ``(first, n, device_args)`` for the dispatches of a pass of ``num_steps``
-        steps, K = ``k`` at a time (the last dispatch may hold n < k real steps).
+        steps from step ``start`` on, K = ``k`` at a time (the last dispatch may hold n < k
+        real steps).
 
         ``produce(j)`` gives the host batch (or tuple of batches) of the pass's step j;
         the worker threads stack K of them (padding the last dispatch), place them on the
@@ -202,12 +234,13 @@ class Trainer:
                     jax.make_array_from_process_local_data(
                         parallel.replicated_sharding(self.mesh), valid))
 
-        plan = [(s, min(k, num_steps - s)) for s in range(0, num_steps, k)]
+        plan = [(s, min(k, num_steps - s)) for s in range(start, num_steps, k)]
         for (first, n), args in pipeline.prefetched(chunk, iter(plan), 2,
                                                     workers=self.data_workers):
             yield first, n, args
 
-    def hyper_pass(self, state, epoch: int, counters: dict) -> tuple[Any, dict]:
+    def hyper_pass(self, state, epoch: int, prog: Progress):
+        """The rest of epoch `epoch`'s hyper pass, from step ``prog.hyper_done``."""
         p, cfg = self.pipes, self.step_cfg
         first = (epoch - self.c.hyper_start_epoch) * p.hyper_steps_per_epoch
 
@@ -216,16 +249,20 @@ class Trainer:
             return (p.hyper_train.batch(*_loader_position(p.hyper_train, k)),
                     p.hyper_val.batch(*_loader_position(p.hyper_val, k)))
 
-        metrics = []
         k = min(self.steps_per_dispatch, p.hyper_steps_per_epoch)
-        for _, n, (tb, vb, valid) in self._dispatch(produce, p.hyper_steps_per_epoch, k):
+        t = time.time()
+        for _, n, (tb, vb, valid) in self._dispatch(produce, prog.hyper_done,
+                                                    p.hyper_steps_per_epoch, k):
             if valid is None:
                 state, m = train.hyper_step(state, tb, vb, cfg, self.mesh)
             else:
                 state, m = train.hyper_steps(state, tb, vb, valid, cfg, self.mesh)
-            metrics.append((m, n, valid is not None))
-            counters["hyper_images"] += n * p.hyper_batch_size
-        return state, _mean_metrics(metrics, "hyper_")
+                m = {**m, "valid": valid}
+            prog.advance("hyper", m, n, n * p.hyper_batch_size, time.time() - t)
+            self.after_dispatch(state, prog, "hyper")
+            t = time.time()
+        self._check_guard(prog, "hyper", flush=True)
+        return state
 
     def _train_produce(self, epoch: int) -> Callable[[int], Any]:
         """Host batch(es) of step j of a train pass: the train batch, plus a clean
@@ -250,36 +287,82 @@ class Trainer:
             return train.reweight_step(state, *batches, cfg, self.mesh)
         return train.reweight_steps(state, *batches, valid, cfg, self.mesh)
 
-    def train_pass(self, state, epoch: int, counters: dict, t0: float) -> tuple[Any, dict]:
-        metrics = []
+    def train_pass(self, state, epoch: int, prog: Progress, t0: float):
+        """The rest of epoch `epoch`'s train pass, from step ``prog.train_done``."""
         p, c = self.pipes, self.c
         k = min(self.steps_per_dispatch, p.steps_per_epoch)
-        since_log = 0
-        for first, n, args in self._dispatch(self._train_produce(epoch), p.steps_per_epoch, k):
+        t = time.time()
+        for first, n, args in self._dispatch(self._train_produce(epoch), prog.train_done,
+                                             p.steps_per_epoch, k):
             state, m = self._train_steps(state, args)
-            metrics.append((m, n, args[-1] is not None))
-            counters["train_images"] += n * c.batch_size
-            counters["step"] += n
+            if args[-1] is not None:
+                m = {**m, "valid": args[-1]}
+            prog.advance("train", m, n, n * c.batch_size, time.time() - t)
+            self.after_dispatch(state, prog, "train")
             done = first + n
             if c.log_every and done // c.log_every > first // c.log_every and \
                     done < p.steps_per_epoch:
-                self._progress(epoch, done, _mean_metrics(metrics[since_log:], "train_"),
-                               counters, t0)
-                since_log = len(metrics)
-        return state, _mean_metrics(metrics, "train_")
+                self._progress(epoch, done, prog.pass_sums("train").means("train_"), prog, t0)
+            t = time.time()
+        self._check_guard(prog, "train", flush=True)
+        return state
 
-    def _progress(self, epoch: int, step_in_epoch: int, m: dict, counters: dict, t0: float,
+    # ---------------------------------------------------------------- boundaries
+    def after_dispatch(self, state, prog: Progress, kind: str) -> None:
+        """Called after every dispatch (one or K steps) of a pass, on every process:
+        the numerical guard, periodic step checkpoints and preemption."""
+        self._dispatches += 1
+        if self._dispatches % FLUSH_EVERY == 0:
+            self._check_guard(prog, kind, flush=True)
+        every = self.c.checkpoint_every_steps
+        if self.watch.requested(self._dispatches):
+            self.save(state, prog)
+            self.ckpt.wait()
+            raise Preempted(f"preempted: checkpoint step {prog.checkpoint_id()} saved (epoch "
+                            f"{prog.epoch + 1}, {prog.hyper_done} hyper and {prog.train_done} "
+                            "inner steps into it); run the same command to resume")
+        if every and prog.checkpoint_id() // every > self._last_saved // every:
+            self.save(state, prog)
+
+    def _check_guard(self, prog: Progress, kind: str, flush: bool) -> None:
+        sums = prog.pass_sums(kind)
+        if flush:
+            sums.flush()
+        limit = self.c.max_nonfinite_steps
+        if sums.run >= limit:
+            flags = "--learning_rate" if kind == "train" else "--hyper_lr"
+            name, count = ("inner", prog.step) if kind == "train" else ("hyper", prog.hyper_step)
+            raise Diverged(
+                f"stopped: the last {sums.run} {name} steps (up to {name} step {count}, epoch "
+                f"{prog.epoch + 1}) "
+                f"had non-finite losses or updates and were skipped (--max_nonfinite_steps="
+                f"{limit}); the newest checkpoint holds the last finite state; lower {flags} "
+                f"(now {getattr(self.c, flags[2:])}) or check the data")
+
+    def save(self, state, prog: Progress) -> None:
+        """Checkpoints the state at the current position (every process)."""
+        prog.wall_time_s = self._wall0 + time.time() - self.t_start
+        meta = dict(prog.to_meta(), steps_per_epoch=self.pipes.steps_per_epoch,
+                    hyper_steps_per_epoch=self.pipes.hyper_steps_per_epoch)
+        try:
+            self.ckpt.save(prog.checkpoint_id(), state, meta)
+        except NonFiniteStateError as err:
+            raise Diverged(f"stopped: {err}; the newest checkpoint holds the last finite "
+                           "state") from None
+        self._last_saved = prog.checkpoint_id()
+
+    def _progress(self, epoch: int, step_in_epoch: int, m: dict, prog: Progress, t0: float,
                   extra: str = "") -> None:
         """Progress line; `epoch` is 0-based, `step_in_epoch` the steps done in it."""
         c, p = self.c, self.pipes
         elapsed = time.time() - t0
-        done_imgs = counters["train_images"] + counters["hyper_images"] - counters["start_images"]
+        done_imgs = prog.train_images + prog.hyper_images - self._start_images
         ips = done_imgs / elapsed if elapsed > 0 else float("nan")
         hyper_epochs = max(0, c.epochs - max(epoch, c.hyper_start_epoch)) if self.hyper else 0
         left = ((c.epochs - epoch) * p.steps_per_epoch - step_in_epoch) * c.batch_size + \
             hyper_epochs * p.hyper_steps_per_epoch * p.hyper_batch_size
         eta = left / ips if ips and math.isfinite(ips) and ips > 0 else float("nan")
-        self.log(f"epoch {epoch + 1}/{c.epochs} step {counters['step']} "
+        self.log(f"epoch {epoch + 1}/{c.epochs} step {prog.step} "
                  f"loss {m.get('train_loss', float('nan')):.4f} "
                  f"acc {100 * m.get('train_accuracy', float('nan')):.1f}%{extra} "
                  f"img/s {ips:.0f} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
@@ -295,68 +378,73 @@ class Trainer:
         return train.create_train_state(jax.random.key(derive_seed(self.c.seed, 7)), cfg, table,
                                         tuple(self.data.source.image_shape), mesh=self.mesh)
 
+    def restore(self, state) -> tuple[Any, Progress] | None:
+        """The newest good checkpoint as (state, progress), or None; a checkpoint of
+        another structure is refused (ConfigError) and nothing is moved."""
+        try:
+            restored = self.ckpt.restore_latest(state, num_rows=self.data.split.num_train)
+        except CheckpointMismatchError as err:
+            raise ConfigError([f"--workdir={self.workdir}: {err}; use another --workdir "
+                               "(nothing was changed)"]) from None
+        if restored is None:
+            return None
+        step, state, meta = restored
+        prog = Progress.from_meta(meta)
+        self.log(f"resumed from checkpoint step {step} in {self.ckpt.directory}: epoch "
+                 f"{prog.epoch + 1}, {prog.hyper_done} hyper and {prog.train_done} inner steps "
+                 "into it")
+        return state, prog
+
     def run(self) -> dict[str, Any]:
         c = self.c
         state = self.init_state()
-        counters = {"epoch": 0, "step": 0, "train_images": 0, "hyper_images": 0,
-                    "wall_time_s": 0.0}
-        history: list[dict] = []
-        restored = self.ckpt.restore_latest(state)
+        prog = Progress()
+        restored = self.restore(state)
         if restored is not None:
-            _, state, meta = restored
-            counters.update({k: meta[k] for k in counters})
-            history = meta["history"]
-            self.log(f"resumed from {self.ckpt.directory} at epoch {counters['epoch']} "
-                     f"(step {counters['step']})")
-        writer = MetricWriter(self.workdir, resume_epoch=counters["epoch"] if restored else None,
-                              resume_step=counters["step"], enabled=self.is_main)
+            state, prog = restored
+        writer = MetricWriter(self.workdir, resume_epoch=prog.epoch if restored else None,
+                              resume_step=prog.step + 1, enabled=self.is_main)
         if not restored:
             writer.write_text("config", "```\n" + json.dumps(c.to_dict(), indent=1) + "\n```")
         t0 = self.t_start  # wall time counts setup and compilation too
-        wall0 = counters["wall_time_s"]
-        counters["start_images"] = counters["train_images"] + counters["hyper_images"]
+        self._wall0, self._start_images = prog.wall_time_s, prog.train_images + prog.hyper_images
+        self._dispatches, self._last_saved = 0, prog.checkpoint_id()
+        self.watch = PreemptionWatch()
         stop = c.stop_after_epoch or c.epochs
-        p_steps = self.pipes.steps_per_epoch
-        for epoch in range(counters["epoch"], min(c.epochs, stop)):
-            rec: dict[str, Any] = {}
-            if self.hyper and epoch >= c.hyper_start_epoch:
-                th = time.time()
-                state, hm = self.hyper_pass(state, epoch, counters)
-                rec.update(hm, hyper_time_s=time.time() - th)
-            te = time.time()
-            state, tm = self.train_pass(state, epoch, counters, t0)
-            rec.update(tm, train_time_s=time.time() - te)
-            train.check_finite(rec, counters["step"])
-            if self.data.has_val:
-                rec.update(self.evaluate(state, "val"))
-            rec.update(self.evaluate(state, "test"))
-            counters["epoch"] = epoch + 1
-            rec.update(epoch=epoch + 1, step=counters["step"])
-            history.append(rec)
-            writer.write("epoch", counters["step"], epoch + 1,
-                         {k: v for k, v in rec.items() if k not in ("epoch", "step", "test_per_class")})
-            val = f" val {100 * rec['val_accuracy']:.1f}%" if "val_accuracy" in rec else ""
-            self._progress(epoch, p_steps, rec, counters, t0,
-                           extra=f"{val} test {100 * rec['test_accuracy']:.1f}%")
-            last = epoch + 1 == c.epochs or epoch + 1 == stop
-            if (epoch + 1) % c.checkpoint_every == 0 or last:
-                counters["wall_time_s"] = wall0 + time.time() - t0
-                meta = {k: counters[k] for k in ("epoch", "step", "train_images", "hyper_images",
-                                                  "wall_time_s")}
-                self.ckpt.save(counters["step"], state, dict(meta, history=history))
-        writer.close()
-        self.ckpt.wait()
-        counters["wall_time_s"] = wall0 + time.time() - t0
-        if counters["epoch"] < c.epochs:
-            self.log(f"stopped after epoch {counters['epoch']} (--stop_after_epoch); "
+        try:
+            for epoch in range(prog.epoch, min(c.epochs, stop)):
+                if self.hyper and epoch >= c.hyper_start_epoch:
+                    state = self.hyper_pass(state, epoch, prog)
+                state = self.train_pass(state, epoch, prog, t0)
+                rec = prog.close_epoch()
+                if self.data.has_val:
+                    rec.update(self.evaluate(state, "val"))
+                rec.update(self.evaluate(state, "test"))
+                rec.update(epoch=epoch + 1, step=prog.step)
+                prog.history.append(rec)
+                writer.write("epoch", prog.step, epoch + 1, {
+                    k: v for k, v in rec.items() if k not in ("epoch", "step", "test_per_class")})
+                val = f" val {100 * rec['val_accuracy']:.1f}%" if "val_accuracy" in rec else ""
+                self._progress(epoch, self.pipes.steps_per_epoch, rec, prog, t0,
+                               extra=f"{val} test {100 * rec['test_accuracy']:.1f}%")
+                if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 in (c.epochs, stop):
+                    self.save(state, prog)
+                self.after_dispatch(state, prog, "train")  # a notice during evaluation
+        finally:
+            self.watch.close()
+            writer.close()
+            self.ckpt.wait()
+        prog.wall_time_s = self._wall0 + time.time() - t0
+        if prog.epoch < c.epochs:
+            self.log(f"stopped after epoch {prog.epoch} (--stop_after_epoch); "
                      "run the same command again to resume")
             self.ckpt.close()
-            return {"stopped_after_epoch": counters["epoch"]}
-        out = self.finish(state, history, counters)
+            return {"stopped_after_epoch": prog.epoch}
+        out = self.finish(state, prog)
         self.ckpt.close()
         return out
 
-    def finish(self, state, history: list[dict], counters: dict) -> dict[str, Any]:
+    def finish(self, state, prog: Progress) -> dict[str, Any]:
         c, split, src = self.c, self.data.split, self.data.source
         learned = cfg_lib.METHODS[c.method]["learn"]
         table = host_table(state, split.num_train) if learned else None
@@ -368,19 +456,20 @@ class Trainer:
                 train_index=split.train_index, num_classes=split.num_classes, method=c.method,
                 op_names=np.array(augment.OP_NAMES))
         out = summary_lib.build_summary(
-            history=history, num_classes=split.num_classes, has_val=self.data.has_val,
+            history=prog.history, num_classes=split.num_classes, has_val=self.data.has_val,
             table=table, given=split.train_labels,
             clean=split.train_clean_labels if src.truth_known else None,
-            learned=learned, wall_time_s=counters["wall_time_s"],
-            train_images=counters["train_images"], hyper_images=counters["hyper_images"],
+            learned=learned, wall_time_s=prog.wall_time_s,
+            train_images=prog.train_images, hyper_images=prog.hyper_images,
             extra={"method": c.method, "dataset": c.dataset, "model": c.model,
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
                    "num_val": int(split.val_index.size),
+                   "num_devices": int(self.mesh.size), "epochs": c.epochs,
                    "host_policy": run_setup.host_policy(c),
                    "hyper_batch_size": self.pipes.hyper_batch_size,
-                   "num_devices": int(self.mesh.size), "epochs": c.epochs,
-                   "workdir": os.path.abspath(self.workdir), **src.notes(), **mwn_curve(state)})
+                   "workdir": os.path.abspath(self.workdir), **prog.skipped_totals(),
+                   **src.notes(), **mwn_curve(state)})
         if self.is_main:
             artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
         return out
@@ -401,48 +490,33 @@ def mwn_curve(state: train.TrainState) -> dict[str, Any]:
                                  "weight": [float(w) for w in weight]}}
 
 
-def _mean_metrics(metrics: list[tuple[dict, int, bool]], prefix: str) -> dict[str, float]:
-    """Means over steps of each scalar metric.
-
-    Args:
-        metrics: ``(metrics, n, stacked)`` per dispatch: stacked ones have every leaf
-            (K, ...) of which the first n steps are real, the others are one step's
-            (one host transfer for the whole list).
-        prefix: prepended to each name (unless it already starts with it).
-    """
-    if not metrics:
-        return {}
-    host = jax.device_get([m for m, _, _ in metrics])
-    out = {}
-    for k in host[0]:
-        vals = np.concatenate([np.asarray(m[k], np.float64)[:n] if stacked
-                               else np.asarray(m[k], np.float64)[None]
-                               for m, (_, n, stacked) in zip(host, metrics)])
-        if vals.ndim == 1:
-            out[prefix + k if not k.startswith(prefix) else k] = float(vals.mean())
-    return out
-
-
 def train_and_evaluate(config: cfg_lib.Config, workdir: str,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs (or resumes) one experiment and returns its summary (also in summary.json).
 
     Raises:
-      ConfigError: settings that cannot run (nothing has been written then).
+      ConfigError: settings that cannot run (nothing has been written then), a workdir in
+        use by a live run, or a checkpoint of another structure (nothing changed then).
+      Preempted: a preemption notice arrived; a checkpoint was saved.
+      Diverged: too many non-finite steps in a row (the checkpoints are untouched).
     """
     t_start = time.time()
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
     data = run_setup.prepare(config, workdir)
-    for key, note in data.source.notes().items():
-        if isinstance(note, str):
-            log(f"{key}: {note}")
-    run_setup.write_run_files(config, workdir, data)
-    parallel.barrier("autodo_jax:run_files")  # process 0 wrote them; all read them next
     mesh = parallel.make_mesh(config.num_devices or None)
     pipes = build_pipes(config, data, mesh)
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
-    return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()
+    for key, note in data.source.notes().items():
+        if isinstance(note, str):
+            log(f"{key}: {note}")
+    try:
+        with workdir_lock.hold(workdir, log):
+            run_setup.write_run_files(config, workdir, data)
+            parallel.barrier("autodo_jax:run_files")  # process 0 wrote them; all read them
+            return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()
+    except workdir_lock.WorkdirBusyError as err:
+        raise ConfigError([str(err)]) from None
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -227,6 +227,7 @@ def test_flag_errors_exit_2_and_write_nothing(tmp_path):
         (["--noise_ratio=1.5", "--batch_size=0"], ["--noise_ratio=1.5", "--batch_size=0"]),
         (["--method=bogus"], ["flag --method=bogus"]),
         (["--method=none", "--symmetric_kl=true"], ["--symmetric_kl=true"]),
+        (["--compute_dtype=float16"], ["flag --compute_dtype=float16"]),  # no loss scaling
     ]
     for args, starts in cases:
         p = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={wd}", *args],

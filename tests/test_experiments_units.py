@@ -308,3 +308,33 @@ def test_visualize_on_synthetic_workdir(tmp_path):
     for p in written:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ progress
+
+def test_metric_sums_fold_in_step_order_and_resume_exactly():
+    from experiments.progress import MetricSums, Progress
+    steps = [{"loss": np.float32(v), "skipped": np.int32(v > 9)} for v in (0.1, 0.2, 11.0, 12.0, 0.3)]
+    whole = MetricSums()
+    for m in steps:
+        whole.add(m)
+    part = MetricSums()
+    for m in steps[:3]:
+        part.add(m)
+    part = MetricSums.from_json(json.loads(json.dumps(part.to_json())))  # a checkpoint
+    assert part.run == 1 and part.skipped == 1
+    k_steps = {"loss": np.array([12.0, 0.3, 5.0], np.float32), "skipped": np.array([1, 0, 0]),
+               "valid": np.array([True, True, False])}  # a K=3 dispatch, last one padding
+    part.add(k_steps)
+    assert part.means("train_") == whole.means("train_") == {
+        "train_loss": (float(np.float32(0.1)) + float(np.float32(0.2)) + float(np.float32(0.3))) / 3,
+        "train_skipped": 2}
+    assert whole.run == 0 and whole.count == 3
+    prog = Progress(epoch=2, train_done=5, step=17)
+    prog.advance("train", steps[0], 1, 8, 0.5)
+    back = Progress.from_meta(json.loads(json.dumps(prog.to_meta())))
+    assert (back.train_done, back.step, back.train_images, back.checkpoint_id()) == (6, 18, 8, 18)
+    assert back.pass_sums("train").means("train_")["train_loss"] == pytest.approx(0.1)
+    rec = back.close_epoch()
+    assert rec["train_skipped"] == 0 and rec["train_time_s"] == 0.5
+    assert (back.epoch, back.train_done, back.sums) == (3, 0, {})

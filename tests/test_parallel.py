@@ -41,7 +41,7 @@ def test_make_mesh_and_shardings():
 
 
 def test_maybe_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
-    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "AUTODO_DISTRIBUTED"):
         monkeypatch.delenv(var, raising=False)
     parallel.maybe_initialize_distributed()
     assert not jax.distributed.is_initialized()
