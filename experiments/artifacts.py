@@ -70,20 +70,22 @@ def load_final_table(workdir: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-#: Summary fields that differ between any two runs of one configuration (time, place).
-VOLATILE_SUMMARY_FIELDS = ("wall_time_s", "images_per_s", "workdir")
+def volatile_summary_field(name: str) -> bool:
+    """Summary fields that differ between any two runs of one configuration: times and
+    rates (``*_s``: wall_time_s, pass_time_s, images_per_s, ...) and the workdir."""
+    return name == "workdir" or name.endswith("_s")
 
 
 def run_differences(workdir_a: str, workdir_b: str) -> list[str]:
-    """How two finished runs differ in their results: summary.json (without
-    VOLATILE_SUMMARY_FIELDS), every array of final_table.npz (bitwise) and every record of
+    """How two finished runs differ in their results: summary.json (without the
+    :func:`volatile_summary_field` s), every array of final_table.npz (bitwise) and every record of
     metrics.jsonl (without the ``*time_s`` fields). [] when they are the same.
     """
     from experiments.metric_writer import read_metrics  # local: metric_writer imports this module
     out = []
     sa, sb = (read_json(os.path.join(w, SUMMARY_FILE)) for w in (workdir_a, workdir_b))
     for k in sorted(set(sa) | set(sb)):
-        if k not in VOLATILE_SUMMARY_FIELDS and sa.get(k) != sb.get(k):
+        if not volatile_summary_field(k) and sa.get(k) != sb.get(k):
             out.append(f"summary {k}: {sa.get(k)!r} != {sb.get(k)!r}")
     tables = [os.path.exists(os.path.join(w, TABLE_FILE)) for w in (workdir_a, workdir_b)]
     if tables[0] != tables[1]:
