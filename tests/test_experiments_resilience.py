@@ -77,7 +77,7 @@ def test_kill_9_with_step_checkpoints_resumes_to_the_same_result(straight, tmp_p
     """A subprocess (same compile options) checkpoints every step and is killed -9 once its
     checkpoint of step 10 (4 steps into epoch 2's hyper pass) exists; the rerun finishes."""
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
-        f"--workdir={tmp_path}", "--checkpoint_every_steps=1"]
+        f"--workdir={tmp_path}", "--checkpoint_every_steps=1", "--compilation_cache="]
     env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO)
     p = subprocess.Popen([sys.executable, "-m", "experiments.train", *flags], cwd=REPO, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
