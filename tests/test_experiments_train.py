@@ -5,14 +5,13 @@ schedule: none in epoch 1). One finished autodo_aws run on mnist5k is shared by 
 (resume equivalence, results, plots). Every method runs on mnist5k and on TFDS mock data;
 the mock "mnist" runs reuse the compiled steps of the mnist5k runs (same shapes and
 StepConfig), so only fast_aa / dada (no MNIST policy in the original) need a 32x32x3 mock.
-Compilation dominates, hence the module-wide jax_disable_most_optimizations.
+Every test that trains is marked ``slow`` (the full suite runs them); the flag checks are not.
 """
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -27,15 +26,6 @@ TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Tiny runs: compile time dominates, so skip most XLA optimisations (restored)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 def _run(workdir, **changes):
     return trainer.train_and_evaluate(cfg_lib.Config(**changes), str(workdir), log=lambda m: None)
 
@@ -48,6 +38,7 @@ def finished(tmp_path_factory):
     return wd, summary
 
 
+@pytest.mark.slow
 def test_finished_workdir_contents(finished):
     wd, summary = finished
     names = set(os.listdir(wd))
@@ -71,6 +62,7 @@ def test_finished_workdir_contents(finished):
     assert 0 < np.count_nonzero(table["weight"]) < n
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_result(finished, tmp_path):
     _, straight = finished
     stopped = _run(tmp_path, **TINY, stop_after_epoch=1)
@@ -87,6 +79,7 @@ def test_resume_reaches_the_same_result(finished, tmp_path):
     assert [r["epoch"] for r in read_metrics(str(tmp_path), "epoch")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_steps_per_dispatch_and_workers_do_not_change_results(tmp_path):
     """3 steps per pass: K = 2 (a padded second dispatch) with one pipeline thread equals
     K = 3 with three threads, bitwise (summary and final table)."""
@@ -109,6 +102,7 @@ def test_steps_per_dispatch_and_workers_do_not_change_results(tmp_path):
         np.testing.assert_array_equal(ta[k], tb[k])
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back(finished, tmp_path):
     _run(tmp_path, **TINY)
     ckpt = tmp_path / "checkpoints"
@@ -125,6 +119,7 @@ def test_corrupt_checkpoint_falls_back(finished, tmp_path):
     assert out["epochs"] == finished[1]["epochs"]
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused(finished):
     wd, _ = finished
     before = sorted(os.listdir(wd))
@@ -135,6 +130,7 @@ def test_workdir_of_another_config_is_refused(finished):
     assert sorted(os.listdir(wd)) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["none", "crop_flip", "randaugment", "autodo_sha", "autodo_a",
                                     "autodo_aw", "val_only", "train_plus_val"])
 def test_every_method_mnist5k(method, tmp_path):
@@ -183,6 +179,7 @@ def test_competitor_methods_tfds_mock(tmp_path):
                 assert 0.0 < epoch["train_kept_fraction"] <= 1.0, method
 
 
+@pytest.mark.slow
 def test_autodo_fixed_runs_no_hyper_step_and_keeps_the_initial_table(tmp_path):
     """autodo_fixed: AutoDO's warp, weights and soft labels at their initial values."""
     s = _run(tmp_path, **TINY, method="autodo_fixed")
@@ -195,6 +192,7 @@ def test_autodo_fixed_runs_no_hyper_step_and_keeps_the_initial_table(tmp_path):
     assert s["weight_auc_clean_vs_noisy"] == 0.5 and s["soft_label_noisy_fixed_fraction"] == 0.0
 
 
+@pytest.mark.slow
 def test_baselines_with_the_augmentation_autodo_starts_from(tmp_path):
     """val_only / train_plus_val with --host_policy=color_subset --init_warp: the colour
     subset on the host and AutoDO's initial warp on the device; no table is learned."""
@@ -205,6 +203,7 @@ def test_baselines_with_the_augmentation_autodo_starts_from(tmp_path):
         assert not os.path.exists(tmp_path / method / "final_table.npz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, methods", [
     ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
     ("cifar10", ["fast_aa", "dada"]),
@@ -251,6 +250,7 @@ def test_data_dependent_errors_exit_2(tmp_path):
     assert not wd.exists()
 
 
+@pytest.mark.slow
 def test_results_and_visualize_on_finished_workdir(finished, tmp_path):
     wd, summary = finished
     tables = results.build_tables(results.find_runs([str(wd)]), "final")

@@ -371,9 +371,10 @@ def _donated_step_temp_bytes(n, opt):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_donated_step_has_no_n_sized_temporaries():
+def test_donated_step_has_no_n_sized_temporaries(xla_optimized):
     """XLA's temporary buffers of a donated gather + row-RMSprop step do not grow with N
-    (no N-sized copy of the table, the moments or the ``last`` stamps)."""
+    (no N-sized copy of the table, the moments or the ``last`` stamps); compiled as in
+    production (buffer assignment depends on XLA's optimisations)."""
     opt = tables.row_rmsprop(0.1)
     small, large = _donated_step_temp_bytes(1_000, opt), _donated_step_temp_bytes(20_000, opt)
     assert small == large, (small, large)
