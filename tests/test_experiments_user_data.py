@@ -15,7 +15,7 @@ from PIL import Image
 
 from experiments import artifacts, config as cfg_lib, run_setup, trainer, visualize
 from experiments.metric_writer import read_metrics
-from test_experiments_train import REPO, TINY, _fast_compiles  # noqa: F401  (module fixture)
+from test_experiments_train import REPO, TINY
 
 ROWS, VAL, CLASSES, HW = 394, 40, 10, 28
 AS_GIVEN = dict(TINY, subsample_ratio=1.0, imbalance_ratio=1.0, noise_ratio=0.0,
