@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -431,5 +432,8 @@ def augment(key: jax.Array, images: jax.Array, params: Mapping[str, jax.Array], 
             raise ValueError(f"params[{name!r}] has shape {x.shape}: {mode} (1 row means shared=True).")
         _check_finite(f"params[{name!r}]", x)
     values = sample_ops(key, params["aug_p"], params["aug_m"], num_samples=b, ops=ops)
-    return warp(images, affine_matrices(values, images.shape[1], images.shape[2]),
-                upsample=upsample)
+    out = warp(images, affine_matrices(values, images.shape[1], images.shape[2]),
+               upsample=upsample)
+    chex.assert_equal_shape([out, images])  # the contract above, checked at trace time
+    chex.assert_type(out, images.dtype)
+    return out

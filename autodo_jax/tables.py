@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,15 +188,18 @@ def gather(table: Table, ids: Any, *, mesh: Optional[Mesh] = None) -> Table:
     ids = _check_ids(ids, n, mesh)
     shared = shared_keys(table)
     if mesh is None:
-        return _gather_local(table, ids, shared, 0)
-    n_local = n // _num_shards(mesh)
+        rows = _gather_local(table, ids, shared, 0)
+    else:
+        n_local = n // _num_shards(mesh)
 
-    def local(tbl, idx):
-        return _gather_local(tbl, idx, shared, _shard_offset(n_local))
+        def local(tbl, idx):
+            return _gather_local(tbl, idx, shared, _shard_offset(n_local))
 
-    specs = _table_specs(table, shared)
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(specs, P(DATA_AXIS)), out_specs={k: P(DATA_AXIS) for k in table})
-    return fn(table, ids)
+        specs = _table_specs(table, shared)
+        rows = jax.shard_map(local, mesh=mesh, in_specs=(specs, P(DATA_AXIS)),
+                             out_specs={k: P(DATA_AXIS) for k in table})(table, ids)
+    chex.assert_tree_shape_prefix(rows, ids.shape)  # {name: (B, ...)}
+    return rows
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -323,19 +327,24 @@ def apply_rows(
     grads = {k: jnp.asarray(grads[k]) for k in table}
     shared = shared_keys(table)
     if mesh is None:
-        return _apply_local(optimizer, table, opt_state, ids, grads, shared, 0, None)
-    n_local = n // _num_shards(mesh)
+        out = _apply_local(optimizer, table, opt_state, ids, grads, shared, 0, None)
+    else:
+        n_local = n // _num_shards(mesh)
 
-    def local(tbl, state, idx, g):
-        return _apply_local(optimizer, tbl, state, idx, g, shared, _shard_offset(n_local), DATA_AXIS)
+        def local(tbl, state, idx, g):
+            return _apply_local(optimizer, tbl, state, idx, g, shared, _shard_offset(n_local),
+                                DATA_AXIS)
 
-    specs = _table_specs(table, shared)
-    state_specs = RowOptState(count=P(), last=P(DATA_AXIS), slots={s: specs for s in opt_state.slots},
-                              visits=P(DATA_AXIS))
-    fn = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(specs, state_specs, P(DATA_AXIS), {k: P(DATA_AXIS) for k in table}),
-        out_specs=(specs, state_specs),
-    )
-    return fn(table, opt_state, ids, grads)
+        specs = _table_specs(table, shared)
+        state_specs = RowOptState(count=P(), last=P(DATA_AXIS),
+                                  slots={s: specs for s in opt_state.slots}, visits=P(DATA_AXIS))
+        fn = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(specs, state_specs, P(DATA_AXIS), {k: P(DATA_AXIS) for k in table}),
+            out_specs=(specs, state_specs),
+        )
+        out = fn(table, opt_state, ids, grads)
+    # Same trees, shapes and dtypes as the inputs: donated buffers are updated in place.
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, (table, opt_state))
+    return out

@@ -181,6 +181,12 @@ def test_bad_input_raises_clear_errors_at_trace_time():
                                           solver=identity()))(params)
     assert bool(info.finite)  # valid input still works
 
+    def broken(matvec, b):  # breaks the solver contract: x must have the tree of b
+        x, solver_info = identity()(matvec, b)
+        return {**x, "a": x["a"][:1]}, solver_info
+    with pytest.raises(AssertionError, match="shape"):  # chex post-condition in hypergrad
+        call(solver=broken)
+
 
 def test_readme_example_runs():
     from autodo_jax import implicit as imp

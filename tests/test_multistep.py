@@ -11,10 +11,11 @@ dynamic-sliced) with other layouts for a few backward convolutions than the top-
 program, which reorders their sums (measured: the first convolution's weight gradient
 differs in the last bits, ~1e-6 relative; everything else is bitwise equal).
 """
+import chex
 import jax
 import numpy as np
 import pytest
-from train_step_fixtures import B, FULL, N, assert_tree_equal, data, host, make_batch, make_state
+from train_step_fixtures import B, FULL, N, data, host, make_batch, make_state
 
 from autodo_jax import train
 
@@ -45,7 +46,7 @@ def _sequential(step, state, *batch_lists):
 
 
 def _assert_tree_close(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_inner_steps_equal_for_every_k(problem):
@@ -55,8 +56,8 @@ def test_inner_steps_equal_for_every_k(problem):
     want_state, want_metrics = _sequential(one, make_state(FULL, labels), tb)
     state, metrics = train.inner_steps(make_state(FULL, labels), _stack(tb), None, FULL)
     assert int(state.step) == K
-    assert_tree_equal(host(state), want_state)
-    assert_tree_equal(host(metrics), jax.tree.map(lambda x: x[:, 0], want_metrics))
+    chex.assert_trees_all_equal(host(state), want_state)
+    chex.assert_trees_all_equal(host(metrics), jax.tree.map(lambda x: x[:, 0], want_metrics))
     plain_state, plain_metrics = _sequential(lambda s, b: train.inner_step(s, b, FULL),
                                              make_state(FULL, labels), tb)
     _assert_tree_close(want_state, plain_state)
@@ -77,9 +78,9 @@ def test_hyper_steps_with_padding_equal_single_steps(problem):
     state, metrics = train.hyper_steps(make_state(FULL, labels), _stack(tb), _stack(vb),
                                            valid, FULL)
     assert int(state.hyper_count) == 2 and int(state.step) == 0
-    assert_tree_equal(host(state), want_state)
+    chex.assert_trees_all_equal(host(state), want_state)
     got = host(metrics)
-    assert_tree_equal(jax.tree.map(lambda x: x[:2], got), want_metrics)
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[:2], got), want_metrics)
     for value in jax.tree.leaves(got):
         np.testing.assert_array_equal(value[2], np.zeros_like(value[2]))
 

@@ -1,4 +1,5 @@
 """One inner + one hyper step on 8 (forced host) devices equal the 1-device result."""
+import chex
 import jax
 import numpy as np
 import pytest
@@ -25,5 +26,4 @@ def test_one_device_equals_eight_devices():
             assert state.table["soft"].sharding.spec[0] == "data"
         results.append(host((state.params, state.table, state.table_opt_state,
                               m_inner["loss"], m_hyper["val_loss"])))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                 *results)
+    chex.assert_trees_all_close(*results, rtol=1e-5, atol=1e-5)

@@ -2,11 +2,12 @@
 batch's rows and skips non-finite updates; table init, config validation, eval, checks."""
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_step_fixtures import (B, C, FULL, HW, N, NONE, assert_tree_equal, data, host,
+from train_step_fixtures import (B, C, FULL, HW, N, NONE, data, host,
                                  make_batch, make_state)
 
 from autodo_jax import losses, train
@@ -103,8 +104,8 @@ def test_inner_step_keeps_table_and_hyper_step_touches_only_batch_rows():
     before = host(state)
     state, metrics = train.inner_step(state, batch, FULL)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["weight_mean"]) == 1.0
-    assert_tree_equal(host(state.table), before.table)  # λ fixed in the inner step
-    assert_tree_equal(host(state.table_opt_state), before.table_opt_state)
+    chex.assert_trees_all_equal(host(state.table), before.table)  # λ fixed in the inner step
+    chex.assert_trees_all_equal(host(state.table_opt_state), before.table_opt_state)
     assert int(state.step) == 1 and int(state.hyper_count) == 0
 
     mid = host(state)
@@ -113,7 +114,7 @@ def test_inner_step_keeps_table_and_hyper_step_touches_only_batch_rows():
     assert int(metrics["skipped"]) == 0 and bool(metrics["finite"])
     assert int(state.hyper_count) == 1 and int(state.step) == 1
     for name in ("params", "batch_stats", "opt_state"):
-        assert_tree_equal(host(getattr(state, name)), getattr(mid, name))
+        chex.assert_trees_all_equal(host(getattr(state, name)), getattr(mid, name))
     in_batch = np.zeros(N, bool)
     in_batch[batch["ids"]] = True
     for key, new in host(state.table).items():
@@ -148,8 +149,8 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
     before = host(state)
     state, metrics = train.hyper_step(state, tb, vb, FULL)
     assert int(metrics["skipped"]) == 1 and not bool(metrics["finite"])
-    assert_tree_equal(host(state.table), before.table)
-    assert_tree_equal(host(state.table_opt_state), before.table_opt_state)
+    chex.assert_trees_all_equal(host(state.table), before.table)
+    chex.assert_trees_all_equal(host(state.table_opt_state), before.table_opt_state)
     assert int(state.hyper_count) == 1
 
 
@@ -163,8 +164,8 @@ def test_nonfinite_inner_update_is_skipped_and_counted():
     before = host(state)
     state, metrics = train.inner_step(state, make_batch(nan_images, labels, np.arange(B)), NONE)
     assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
-    assert_tree_equal(host(state.params), before.params)
-    assert_tree_equal(host(state.opt_state), before.opt_state)
+    chex.assert_trees_all_equal(host(state.params), before.params)
+    chex.assert_trees_all_equal(host(state.opt_state), before.opt_state)
     assert int(state.step) == 1
     good = make_batch(images, labels, np.arange(B))
     state, metrics = train.inner_step(state, good, NONE)
@@ -176,5 +177,5 @@ def test_nonfinite_inner_update_is_skipped_and_counted():
     for _ in range(2):  # ...after which every step is non-finite and skipped
         state, metrics = train.inner_step(state, good, huge)
         assert int(metrics["skipped"]) == 1
-    assert_tree_equal(host(state.params), before.params)
+    chex.assert_trees_all_equal(host(state.params), before.params)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host(state.params)))

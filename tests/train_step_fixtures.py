@@ -39,8 +39,3 @@ def make_state(cfg, labels, mesh=None):
     table = train.autodo_table_init(labels, C, aug=cfg.learn_aug, shared_aug=cfg.shared_aug,
                                     weight=cfg.learn_weight, soft=cfg.learn_soft)
     return train.create_train_state(jax.random.key(0), cfg, table, HW, mesh=mesh)
-
-
-def assert_tree_equal(a, b):
-    """Bitwise equality of two pytrees."""
-    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -192,7 +193,9 @@ def hypergrad(
     else:
         matvec = hvp
     u, solver_info = solver(matvec, v)
+    chex.assert_trees_all_equal_shapes(u, v)  # a solver returns x with the tree of b
     hparam_grads = T.neg(mixed(u))
+    chex.assert_trees_all_equal_shapes_and_dtypes(hparam_grads, T.abstract(hparams))
 
     g_norm, v_norm, u_norm = T.norm(g), T.norm(v), T.norm(u)
     if isinstance(solver, Neumann):

@@ -15,6 +15,14 @@ import jax.numpy as jnp
 PyTree = Any
 
 
+def abstract(tree: PyTree) -> PyTree:
+    """``jax.ShapeDtypeStruct`` of every leaf as JAX holds it (numpy float64 becomes float32
+    unless x64 is on): what a traced function receives for ``tree``."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jax.dtypes.canonicalize_dtype(
+            jnp.result_type(x))), tree)
+
+
 def acc_dtype(*trees: PyTree) -> jnp.dtype:
     """Accumulation dtype of some pytrees: float32 promoted with every leaf dtype."""
     dtypes = [jnp.result_type(x) for t in trees for x in jax.tree_util.tree_leaves(t)]
