@@ -15,12 +15,13 @@ Each error is one line naming the flag and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from autodo_jax import implicit, models, train
 from autodo_jax.data import distortion, transforms
@@ -215,12 +216,25 @@ def field_specs() -> list[dataclasses.Field]:
 
 
 def from_dict(values: Mapping[str, Any]) -> Config:
-    """Builds a Config from a mapping, refusing unknown keys (TypeError names them)."""
-    names = {f.name for f in field_specs()}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise TypeError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
+    """Builds a Config from a mapping, refusing unknown keys (TypeError names them and the
+    closest field names)."""
+    error = unknown_keys_error(values)
+    if error:
+        raise TypeError(error)
     return Config(**dict(values))
+
+
+def unknown_keys_error(keys: Iterable[str]) -> str | None:
+    """"unknown config keys [...] (did you mean ...?); allowed: ..." or None if every key
+    is a Config field."""
+    names = [f.name for f in field_specs()]
+    unknown = sorted(set(keys) - set(names))
+    if not unknown:
+        return None
+    close = sorted({m for k in unknown for m in difflib.get_close_matches(k, names, n=2)})
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (f"unknown config keys {unknown}{hint}; allowed: the fields of "
+            "experiments.config.Config (python -m experiments.train --helpfull)")
 
 
 # ---------------------------------------------------------------------------------------

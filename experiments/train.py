@@ -8,10 +8,19 @@ _s<seed>[_<hash of other changed settings>]``): config.json, split.npz, checkpoi
 metrics.jsonl, tensorboard/, final_table.npz and summary.json. Re-running the same command
 resumes from the newest good checkpoint; a workdir of another configuration is refused.
 
+Settings can come from a config file (``experiments/configs/*.py``, ml_collections style:
+``get_config(arg)`` returns every field of ``experiments.config.Config``). Precedence, from
+weakest to strongest: the defaults of ``Config`` < the ``--config`` file (default:
+``experiments/configs/mnist5k.py``, which equals the defaults) < the command line, either
+``--config.<field>=value`` or the plain ``--<field>=value`` (giving both for one field is
+an error).
+
 Flags are checked before any work: each error is printed as one line naming the flag and
 what is allowed, the exit code is 2, and nothing is written.
 
   python -m experiments.train                                  # main job
+  python -m experiments.train --config=experiments/configs/svhn_wrn28_10.py:100-0.1 \
+      --config.data_dir=~/tensorflow_datasets --config.epochs=10  # a paper setting
   python -m experiments.train --method=none                    # baseline
   python -m experiments.train --dataset=svhn_cropped --data_dir=~/tensorflow_datasets \
       --model=wrn28_10 --imbalance_ratio=100 --noise_ratio=0.1 --epochs=200 \
@@ -23,11 +32,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from experiments import config as cfg_lib
+from experiments.configs import base as config_files
 
 FLAGS = flags.FLAGS
 
@@ -55,17 +66,79 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", "", "Run directory ('' = ./workdirs/<derived name>).")
 
 
+def define_config_flag(argv: Sequence[str]) -> None:
+    """``--config`` (ml_collections' config file flag). Defined when the command line is
+    parsed: defining it loads the default file and applies the ``--config.<field>``
+    overrides of ``argv``."""
+    config_flags.DEFINE_config_file(
+        "config", config_files.DEFAULT_FILE,
+        "Config file experiments/configs/<setting>.py[:ARG] giving every setting; override a "
+        "field with --config.<field>=value or --<field>=value (not both).", lock_config=True,
+        sys_argv=list(argv))
+
+
+def resolve_config(file_values: Mapping[str, Any], file_overrides: Iterable[str],
+                   plain: Mapping[str, Any]) -> cfg_lib.Config:
+    """The run's Config: the config file's values (with its ``--config.<field>`` overrides
+    applied), then the plain flags given on the command line.
+
+    Args:
+      file_values: the loaded config file, overrides applied ({field: value}).
+      file_overrides: fields set with ``--config.<field>``.
+      plain: fields set with plain ``--<field>`` flags.
+
+    Raises:
+      TypeError: the file has a key that is not a Config field.
+      ValueError: a field is set both ways.
+    """
+    both = sorted(set(file_overrides) & set(plain))
+    if both:
+        raise ValueError(f"--{both[0]} and --config.{both[0]} both given; use one of them")
+    return cfg_lib.from_dict({**dict(file_values), **dict(plain)})
+
+
+def _usage_error(message: str) -> None:
+    """Prints ``message`` as one line and exits with code 2 (a usage error)."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.exit(2)
+
+
 def config_from_flags() -> cfg_lib.Config:
-    return cfg_lib.Config(**{f.name: FLAGS[f.name].value for f in cfg_lib.field_specs()})
+    """``resolve_config`` of the parsed flags; a bad config exits with code 2 on one line."""
+    path = config_flags.get_config_filename(FLAGS["config"])
+    try:
+        loaded = FLAGS.config
+        values = loaded.to_dict() if hasattr(loaded, "to_dict") else dict(loaded)
+    except OSError:  # ml_collections defers a failed load to the first access
+        _usage_error(f"--config={path}: no such config file, or it failed to import")
+    plain = {f.name: FLAGS[f.name].value for f in cfg_lib.field_specs() if FLAGS[f.name].present}
+    try:
+        return resolve_config(values, config_flags.get_override_values(FLAGS["config"]), plain)
+    except TypeError as err:  # the file has keys that are not Config fields
+        _usage_error(f"--config={path}: {err}")
+    except ValueError as err:
+        _usage_error(str(err))
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl parsing, but a bad flag exits with code 2 (usage error) on one line."""
+    """absl parsing, but a bad flag exits with code 2 (usage error) on one line.
+
+    ``--config.<field>`` overrides are checked against the Config fields first; an error
+    raised by a config file's ``get_config`` is reported by its last line (the exception).
+    """
+    fields = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    unknown = cfg_lib.unknown_keys_error(fields)
+    if unknown:
+        _usage_error(f"--config.<field>: {unknown}")
     try:
+        define_config_flag(argv)
         return FLAGS(list(argv))
     except flags.Error as err:
-        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
-        sys.exit(2)
+        text = str(err)
+        if "Traceback (most recent call last)" in text:
+            flag = text.split(":", 1)[0]
+            text = f"{flag}: {text.strip().splitlines()[-1]}"
+        _usage_error(text)
 
 
 #: glibc malloc settings for this process: XLA on CPU allocates each step's temporaries as
