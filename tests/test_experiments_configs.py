@@ -15,27 +15,26 @@ from experiments import config as cfg_lib, run_setup, train as train_cli, traine
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 
-#: The paper's settings (AUTODO.md, original_autodo_facts.md 1.5) each file must hold.
+#: The paper's settings (AUTODO.md, original_autodo_facts.md 1.5) each file must hold, by
+#: (file, dataset part of the config argument).
+WRN_CIFAR = dict(model="wrn28_10", epochs=200, batch_size=256, learning_rate=0.1,
+                 hyper_start_epoch=50, hyper_batch_size=256, hyper_lr=0.05, upsample=4)
 EXPECTED = {
-    "mnist5k.py": dict(dataset="mnist5k", model="small_cnn", epochs=60, batch_size=32,
-                       learning_rate=0.05, hyper_start_epoch=15, hyper_batch_size=256,
-                       hyper_lr=0.05, upsample=1),
-    "svhn_wrn28_10.py": dict(dataset="svhn_cropped", model="wrn28_10", epochs=200,
-                             batch_size=256, learning_rate=0.005, hyper_start_epoch=50,
-                             hyper_batch_size=256, hyper_lr=0.05, upsample=4),
-    "cifar10_wrn28_10.py": dict(dataset="cifar10", model="wrn28_10", epochs=200,
-                                batch_size=256, learning_rate=0.1, hyper_start_epoch=50,
-                                hyper_batch_size=256, hyper_lr=0.05, upsample=4),
-    "cifar100_wrn28_10.py": dict(dataset="cifar100", model="wrn28_10", epochs=200,
-                                 batch_size=256, learning_rate=0.1, hyper_start_epoch=50,
-                                 hyper_batch_size=256, hyper_lr=0.05, upsample=4),
-    "imagenet_resnet18.py": dict(dataset="imagenet2012", model="resnet18", epochs=200,
-                                 batch_size=256, learning_rate=0.1, hyper_start_epoch=100,
-                                 hyper_batch_size=128, hyper_lr=0.01, upsample=1),
+    ("mnist5k.py", ""): dict(dataset="mnist5k", model="small_cnn", epochs=60, batch_size=32,
+                             learning_rate=0.05, hyper_start_epoch=15, hyper_batch_size=0,
+                             hyper_lr=0.05, upsample=1),
+    ("svhn_wrn28_10.py", ""): dict(dataset="svhn_cropped", **dict(WRN_CIFAR,
+                                                                  learning_rate=0.005)),
+    ("cifar_wrn28_10.py", "cifar10:"): dict(dataset="cifar10", **WRN_CIFAR),
+    ("cifar_wrn28_10.py", "cifar100:"): dict(dataset="cifar100", **WRN_CIFAR),
+    ("imagenet_resnet18.py", ""): dict(dataset="imagenet2012", model="resnet18", epochs=200,
+                                       batch_size=256, learning_rate=0.1,
+                                       hyper_start_epoch=100, hyper_batch_size=128,
+                                       hyper_lr=0.01, upsample=1),
 }
-COLUMNS = {"svhn_wrn28_10.py": ("1-0.0", "100-0.0", "1-0.1", "100-0.1"),
-           "cifar10_wrn28_10.py": ("1-0.0", "10-0.0", "1-0.1", "10-0.1"),
-           "cifar100_wrn28_10.py": ("1-0.0", "10-0.0", "1-0.1", "10-0.1"),
+COLUMNS = {"mnist5k.py": (),
+           "svhn_wrn28_10.py": ("1-0.0", "100-0.0", "1-0.1", "100-0.1"),
+           "cifar_wrn28_10.py": ("1-0.0", "10-0.0", "1-0.1", "10-0.1"),
            "imagenet_resnet18.py": ("10-0.0", "10-0.1")}
 
 
@@ -59,33 +58,32 @@ def _cli(*args, workdir):
 def test_every_config_file_loads_validates_and_holds_the_paper_settings():
     files = sorted(f for f in os.listdir(CONFIG_DIR)
                    if f.endswith(".py") and f not in ("__init__.py", "base.py"))
-    assert files == sorted(EXPECTED)
-    for name in files:
+    assert files == sorted(COLUMNS)
+    for (name, prefix), expected in EXPECTED.items():
         module = _load(name)
         assert "Target" in module.__doc__, name  # states the number it aims at
-        for arg in COLUMNS.get(name, ()) + (None,):
+        for column in COLUMNS[name] + ("",):
+            arg = prefix + column or None
             config = _config(name, arg)
             assert cfg_lib.static_errors(config) == [], (name, arg)
-            assert {k: getattr(config, k) for k in EXPECTED[name]} == EXPECTED[name], name
-            if arg is not None:
-                ir, nr = arg.split("-")
-                assert (config.imbalance_ratio, config.noise_ratio) == (float(ir), float(nr))
-        if name != "mnist5k.py":
+            assert {k: getattr(config, k) for k in expected} == expected, (name, arg)
+            ir, nr = (column or (COLUMNS[name] or ("10-0.2",))[-1]).split("-")
+            assert (config.imbalance_ratio, config.noise_ratio) == (float(ir), float(nr))
             assert config.method == "autodo_aws" and config.symmetric_kl == "auto"
-            # the last column (the most distorted one) is the default
-            assert (config.imbalance_ratio, config.noise_ratio) == tuple(
-                map(float, COLUMNS[name][-1].split("-")))
+        if COLUMNS[name]:
             with pytest.raises(ValueError, match="allowed columns"):
-                module.get_config("3-0.5")
+                module.get_config(prefix + "3-0.5")
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, cifar100"):
+        _load("cifar_wrn28_10.py").get_config("svhn:1-0.0")
 
 
 def test_paper_models_fit_their_images():
     """The full models trace on the datasets' image shapes (abstractly, no compile)."""
-    shapes = {"svhn_wrn28_10.py": ((32, 32, 3), 10), "cifar10_wrn28_10.py": ((32, 32, 3), 10),
-              "cifar100_wrn28_10.py": ((32, 32, 3), 100),
-              "imagenet_resnet18.py": ((224, 224, 3), 1000)}
-    for name, (shape, classes) in shapes.items():
-        assert run_setup.model_fit_error(_config(name), shape, classes) is None, name
+    shapes = {("svhn_wrn28_10.py", None): ((32, 32, 3), 10),
+              ("cifar_wrn28_10.py", "cifar100"): ((32, 32, 3), 100),
+              ("imagenet_resnet18.py", None): ((224, 224, 3), 1000)}
+    for (name, arg), (shape, classes) in shapes.items():
+        assert run_setup.model_fit_error(_config(name, arg), shape, classes) is None, name
 
 
 def test_mnist5k_file_is_the_default_config():
@@ -94,7 +92,7 @@ def test_mnist5k_file_is_the_default_config():
 
 
 def test_precedence_file_then_overrides_then_plain_flags():
-    values = _load("cifar10_wrn28_10.py").get_config("1-0.1").to_dict()
+    values = _load("cifar_wrn28_10.py").get_config("cifar10:1-0.1").to_dict()
     values["epochs"] = 7  # as --config.epochs=7 leaves it
     config = train_cli.resolve_config(values, ["epochs"], {"seed": 3, "learning_rate": 0.2})
     assert (config.epochs, config.seed, config.learning_rate) == (7, 3, 0.2)
@@ -146,17 +144,18 @@ def _imagenet_records(self, split, decoders=None, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, changes, mock", [
+@pytest.mark.parametrize("name, arg, changes, mock", [
     # WRN-28-10 on CPU costs minutes per step: the same network at width 2 runs the
     # setting here; the width-10 model's fit is checked abstractly above.
-    ("svhn_wrn28_10.py", dict(model="wrn28_2"), dict(num_examples=160)),
-    ("cifar10_wrn28_10.py", dict(model="wrn28_2"), dict(num_examples=160)),
-    ("cifar100_wrn28_10.py", dict(model="wrn28_2"), dict(num_examples=400)),
+    ("svhn_wrn28_10.py", None, dict(model="wrn28_2"), dict(num_examples=160)),
+    ("cifar_wrn28_10.py", "cifar10", dict(model="wrn28_2"), dict(num_examples=160)),
+    ("cifar_wrn28_10.py", "cifar100", dict(model="wrn28_2"), dict(num_examples=400)),
     # random-resized 32x32 crops instead of 224x224
-    ("imagenet_resnet18.py", dict(image_size="32"), dict(as_data_source_fn=_imagenet_records)),
+    ("imagenet_resnet18.py", None, dict(image_size="32"),
+     dict(as_data_source_fn=_imagenet_records)),
 ])
-def test_every_setting_runs_on_the_tfds_mock(name, changes, mock, tmp_path):
-    config = _config(name, **SMOKE, **changes)
+def test_every_setting_runs_on_the_tfds_mock(name, arg, changes, mock, tmp_path):
+    config = _config(name, arg, **SMOKE, **changes)
     with tfds.testing.mock_data(**mock):
         summary = trainer.train_and_evaluate(config, str(tmp_path), log=lambda m: None)
     assert summary["epochs"] == 2 and summary["hyper_images"] > 0

@@ -40,13 +40,16 @@ def make(**changes: Any) -> ml_collections.ConfigDict:
         {name: _typed(fields[name], value) for name, value in config.to_dict().items()})
 
 
-def columns(arg: str | None, allowed: Sequence[str]) -> tuple[float, float]:
-    """(imbalance_ratio, noise_ratio) of a table column named "IR-NR" (e.g. "100-0.1").
+def paper_column(arg: str | None, allowed: Sequence[str], **changes: Any
+                 ) -> ml_collections.ConfigDict:
+    """``make`` of a paper setting for the table column named by ``arg``: AutoDO λ^{A,W,S}
+    (``autodo_aws``) with the column's imbalance and noise ratios.
 
     Args:
-      arg: the text after ``:`` in ``--config=FILE:ARG``; None or "" = the last of
-        ``allowed`` (the most distorted column of the paper's table).
+      arg: the column "IR-NR" (e.g. "100-0.1"); None or "" = the last of ``allowed`` (the
+        most distorted column of the paper's table).
       allowed: the columns of the setting's table.
+      **changes: the setting's other fields.
 
     Raises:
       ValueError: ``arg`` is not one of ``allowed``.
@@ -56,4 +59,5 @@ def columns(arg: str | None, allowed: Sequence[str]) -> tuple[float, float]:
         raise ValueError(f"config argument {arg!r}: allowed columns are {', '.join(allowed)} "
                          "(IR-NR)")
     ir, nr = arg.split("-")
-    return float(ir), float(nr)
+    return make(method="autodo_aws", imbalance_ratio=float(ir), noise_ratio=float(nr),
+                **changes)

