@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from train_step_fixtures import B, C, HW, NONE, assert_tree_equal, data, host, make_batch
+from train_step_fixtures import B, C, HW, NONE, data, host, make_batch
 
 from autodo_jax import losses, parallel, reweight, train
 from autodo_jax.models import encode, head_apply
