@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -28,16 +27,6 @@ TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
             hyper_start_epoch=1, max_steps_per_epoch=6, eval_limit=64, subsample_ratio=0.2,
             warmup_epochs=1.0, checkpoint_every=1, steps_per_dispatch=2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Tiny runs: compile time dominates, so skip most XLA optimisations (restored); the
-    subprocess below gets the same setting through JAX_DISABLE_MOST_OPTIMIZATIONS."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 def _run(workdir, log=lambda m: None, **changes):
     return trainer.train_and_evaluate(cfg_lib.Config(**{**TINY, **changes}), str(workdir), log=log)
 
@@ -54,6 +43,7 @@ def straight(tmp_path_factory):
     return wd
 
 
+@pytest.mark.slow
 def test_sigterm_mid_pass_saves_exits_and_resumes_to_the_same_result(straight, tmp_path):
     sent = []
 
@@ -73,12 +63,14 @@ def test_sigterm_mid_pass_saves_exits_and_resumes_to_the_same_result(straight, t
     assert_same_run(straight, tmp_path)
 
 
+@pytest.mark.slow
 def test_kill_9_with_step_checkpoints_resumes_to_the_same_result(straight, tmp_path):
     """A subprocess (same compile options) checkpoints every step and is killed -9 once its
     checkpoint of step 10 (4 steps into epoch 2's hyper pass) exists; the rerun finishes."""
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
         f"--workdir={tmp_path}", "--checkpoint_every_steps=1", "--compilation_cache="]
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO)
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO,
+               JAX_COMPILATION_CACHE_DIR="")  # nor the tests' cache (conftest)
     p = subprocess.Popen([sys.executable, "-m", "experiments.train", *flags], cwd=REPO, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -96,6 +88,7 @@ def test_kill_9_with_step_checkpoints_resumes_to_the_same_result(straight, tmp_p
     assert_same_run(straight, tmp_path)
 
 
+@pytest.mark.slow
 def test_workdir_in_use_is_refused_and_a_stale_lock_is_not(tmp_path):
     wd = tmp_path / "wd"
     with workdir_lock.hold(str(wd)):
@@ -111,6 +104,7 @@ def test_workdir_in_use_is_refused_and_a_stale_lock_is_not(tmp_path):
     assert 0 <= out["test_accuracy_final"] <= 1
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     """--learning_rate=1e30: the first update blows the weights up, every later step is
     skipped; --max_nonfinite_steps in a row stop the run; no checkpoint is non-finite."""
@@ -126,6 +120,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     assert steps == [6]  # the epoch-1 checkpoint (finite: skipped updates changed nothing)
 
 
+@pytest.mark.slow
 def test_skipped_steps_are_reported_in_the_summary(straight):
     s = artifacts.read_json(os.path.join(str(straight), "summary.json"))
     assert s["skipped_inner_steps"] == 0 and s["skipped_hyper_steps"] == 0
