@@ -69,7 +69,7 @@ def test_step_applies_the_optimizer_to_the_weighted_gradient(cfg):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(new.meta), jax.tree.leaves(meta)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
-    assert int(new.step) == 1 and bool(metrics["finite"])
+    assert int(new.step) == 1 and int(metrics["skipped"]) == 0
     assert float(metrics["weight_max"]) >= 1.0
     if cfg.reweight == "l2rw":
         np.testing.assert_allclose(float(metrics["kept_fraction"]), float(np.mean(w > 0)))
@@ -94,6 +94,20 @@ def test_mwn_trains_on_a_mesh_and_in_k_step_dispatches(xla_optimized):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     curve = train.mwn_weight_curve(two, jnp.linspace(0.0, 5.0, 6))
     assert curve.shape == (6,) and bool(jnp.all((curve > 0) & (curve < 1)))
+
+
+@pytest.mark.parametrize("cfg", [L2RW, MWN], ids=["l2rw", "mwn"])
+def test_a_non_finite_batch_is_skipped(cfg):
+    batch, val = _batches()
+    batch = dict(batch, images=batch["images"].copy())
+    batch["images"][0, 0, 0, 0] = np.nan
+    state = _state(cfg)
+    before = host(state)
+    new, metrics = train.reweight_step(state, batch, val, cfg)
+    assert int(metrics["skipped"]) == 1 and int(new.step) == 1
+    for a, b in zip(jax.tree.leaves(host((new.params, new.opt_state, new.meta))),
+                    jax.tree.leaves((before.params, before.opt_state, before.meta))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_configuration_errors():

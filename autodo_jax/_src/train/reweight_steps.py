@@ -59,6 +59,11 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
     current learning rate of the model's schedule and moves every model parameter. Then
     the model's SGD (Nesterov, weight decay) applies the gradient. ``state`` is donated.
 
+    Numerical guard (as ``inner_step``): when the loss, a look-ahead quantity, or any new
+    parameter, statistic, optimizer moment or MLP parameter is NaN or infinite, the update
+    is skipped (the state keeps its values, ``step`` advances) and ``metrics["skipped"]``
+    is 1.
+
     Args:
         state: the train state (donated); ``state.table`` is empty.
         batch: ``{"images": (B, H, W, C), "labels": int32 (B,), ...}`` (other keys
@@ -71,7 +76,7 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
         ``(new_state, metrics)``; metrics: "loss" (Σ w ℓ), "ce" (unweighted mean
         cross-entropy), "accuracy", "grad_norm", "lr", "val_loss" (clean loss after the
         virtual step), "weight_max" (B·max w: 1 = uniform), "kept_fraction" (share of
-        examples with w > 0), "finite".
+        examples with w > 0), "skipped" (int32 0/1).
     """
     del mesh
     if cfg.reweight not in ("l2rw", "mwn"):
@@ -93,6 +98,11 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
         meta = {"params": phi, "opt_state": phi_state}
         ce = jnp.mean(info.losses)
     updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, updates), stats, opt_state, meta)
+    finite = info.finite & all_finite(loss, *new)
+    params, stats, opt_state, meta = jax.tree.map(
+        lambda a, b: jnp.where(finite, a, b), new,
+        (state.params, state.batch_stats, state.opt_state, state.meta))
     b = w.shape[0]
     metrics = {
         "loss": loss,
@@ -103,11 +113,10 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
         "val_loss": info.val_loss,
         "weight_max": b * jnp.max(w) / jnp.maximum(jnp.sum(w), 1e-12),
         "kept_fraction": jnp.mean(w > 0),
-        "finite": info.finite & all_finite(grads),
+        "skipped": jnp.logical_not(finite).astype(jnp.int32),
     }
-    new_state = state.replace(params=optax.apply_updates(state.params, updates),
-                              batch_stats=stats, opt_state=opt_state, meta=meta,
-                              step=state.step + 1)
+    new_state = state.replace(params=params, batch_stats=stats, opt_state=opt_state,
+                              meta=meta, step=state.step + 1)
     return new_state, metrics
 
 
