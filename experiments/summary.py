@@ -145,7 +145,7 @@ def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has
         "test_accuracy_best_on_test_paper_protocol": chosen["best_on_test"]["test_accuracy"],
         "minority_accuracy_final": chosen["final"].get("test_minority_accuracy"),
         "per_class_accuracy_final": chosen["final"].get("test_per_class"),
-        "epochs": {k: _eval_view(v, num_classes) for k, v in chosen.items()},
+        "selected_epochs": {k: _eval_view(v, num_classes) for k, v in chosen.items()},
     }
     if table is not None and given is not None and clean is not None:
         noisy = np.asarray(given) != np.asarray(clean)

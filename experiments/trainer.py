@@ -522,6 +522,6 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
 def print_summary(summary: dict[str, Any]) -> None:
     """Prints the summary without the long per-class and per-epoch parts, then its path."""
     short = {k: v for k, v in summary.items()
-             if k not in ("epochs", "per_class_accuracy_final", "class_names",
+             if k not in ("selected_epochs", "per_class_accuracy_final", "class_names",
                            "mwn_weight_curve")}
     print(json.dumps(short, indent=2))

@@ -116,7 +116,7 @@ def test_corrupt_checkpoint_falls_back(finished, tmp_path):
     out = trainer.train_and_evaluate(cfg_lib.Config(**TINY), str(tmp_path), log=msgs.append)
     assert any(f"checkpoint step {last}" in m and f"falling back to step {first}" in m
                for m in msgs), msgs
-    assert out["epochs"] == finished[1]["epochs"]
+    assert out["selected_epochs"] == finished[1]["selected_epochs"]
 
 
 @pytest.mark.slow
@@ -137,6 +137,9 @@ def test_every_method_mnist5k(method, tmp_path):
     s = _run(tmp_path, **TINY, method=method)
     assert 0.0 <= s["test_accuracy_final"] <= 1.0
     assert (s["test_accuracy_val_selected"] is None) == (method in ("val_only", "train_plus_val"))
+    # the epoch count and the per-selection view are two fields (one once overwrote the other)
+    assert s["epochs"] == TINY["epochs"]
+    assert s["selected_epochs"]["final"]["epoch"] == TINY["epochs"]
     assert (s["hyper_images"] > 0) == method.startswith("autodo")
     assert os.path.exists(tmp_path / "final_table.npz") == method.startswith("autodo")
 
