@@ -286,9 +286,11 @@ class Checkpointer:
             if integrity["arrays"][key]["checksum"] != want["checksum"]:
                 raise _Unreadable(f"checksum of {key} differs from the one saved with it")
         leaves = [fix(x) for x, (_, fix) in zip(leaves, plan)]
-        if any(fix is not _same for _, fix in plan):
+        if integrity["num_devices"] != jax.device_count():
+            padded = any(fix is not _same for _, fix in plan)
             self._log(f"checkpoint step {step} was written on {integrity['num_devices']} "
-                      f"devices; its tables were re-sharded for {jax.device_count()}")
+                      f"devices; restored onto {jax.device_count()} (tables re-sharded"
+                      f"{', padding rows re-padded' if padded else ''})")
         return _rebuild(template, treedef.unflatten(leaves)), meta
 
     def _set_aside(self, step: int) -> None:

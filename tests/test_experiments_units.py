@@ -1,19 +1,16 @@
 """Unit tests of experiments/ pieces that need no training: config validation, summary
-metrics, checkpointing fallback, metric writer resume, results tables, plots."""
+metrics, progress bookkeeping, metric writer resume, results tables, plots (checkpoints:
+test_checkpointing.py)."""
 import csv
 import glob
 import io
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import artifacts, config as cfg_lib, results, run_setup, summary, visualize
-from experiments.checkpointing import Checkpointer
 from experiments.metric_writer import MetricWriter, read_metrics
 
 
@@ -164,33 +161,6 @@ def test_soft_label_stats():
     soft = np.eye(3)[[0, 1, 1, 2]] * 5
     st = summary.soft_label_stats(soft, given, clean)
     assert st == {"noisy_fixed": 0.5, "noisy_kept": 0.5, "clean_kept": 1.0}
-
-
-# ------------------------------------------------------------------ checkpointing
-
-def test_checkpoint_roundtrip_sharded_and_corrupt_fallback(tmp_path):
-    mesh = jax.make_mesh((8,), ("data",))
-    state = {"rows": jax.device_put(jnp.arange(16.0).reshape(16, 1), NamedSharding(mesh, P("data"))),
-             "w": jnp.ones(3), "rng": jax.random.key(3), "step": jnp.int32(4),
-             "empty": jnp.zeros((0,), jnp.int32)}
-    ck = Checkpointer(str(tmp_path / "ckpt"), log=lambda m: msgs.append(m))
-    msgs = []
-    ck.save(4, state, {"epoch": 1})
-    ck.save(8, {**state, "w": state["w"] * 2}, {"epoch": 2})
-    ck.wait()
-    step, restored, meta = ck.restore_latest(state)
-    assert (step, meta) == (8, {"epoch": 2})
-    np.testing.assert_array_equal(restored["w"], 2 * np.ones(3))
-    assert restored["rows"].sharding.spec == P("data")
-    assert restored["empty"].shape == (0,) and restored["empty"].dtype == jnp.int32
-    assert jax.random.key_data(restored["rng"]).tolist() == jax.random.key_data(state["rng"]).tolist()
-    for f in glob.glob(str(tmp_path / "ckpt" / "8" / "**"), recursive=True):
-        if os.path.isfile(f):
-            with open(f, "wb") as fh:
-                fh.write(b"garbage")
-    step, restored, meta = Checkpointer(str(tmp_path / "ckpt"), log=msgs.append).restore_latest(state)
-    assert (step, meta["epoch"]) == (4, 1)
-    assert any("checkpoint step 8" in m and "corrupt" in m and "step 4" in m for m in msgs)
 
 
 # ------------------------------------------------------------------ metric writer
