@@ -13,6 +13,9 @@
     directory, ``AUTODO_TEST_JAX_CACHE=`` (empty) turns it off. Subprocesses started by
     tests inherit both settings through the environment.
 - ``compile_counts``: a fixture counting XLA compilations by function name.
+- Tests marked ``slow`` (end-to-end training runs, several processes) are deselected unless
+  ``--slow`` is given (CI and the README's test command give it) or ``-m`` chooses markers
+  itself; the summary line counts them as "deselected", never as passed.
 
 Tests that need float64 enable it locally with ``jax.experimental.enable_x64`` or
 ``jax.config.update`` inside the test.
@@ -49,6 +52,20 @@ def _cache_dir(config: pytest.Config) -> str:
     if cache is not None:
         return str(cache.mkdir("jax_compilation_cache"))
     return os.path.join(tempfile.gettempdir(), "autodo_jax_test_jax_cache")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the tests marked slow (end-to-end runs; CI runs them)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def pytest_configure(config: pytest.Config) -> None:
