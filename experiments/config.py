@@ -127,7 +127,7 @@ class Config:
     epochs: int = _f(60, "Training epochs.")
     batch_size: int = _f(32, "Global train batch size.")
     eval_batch_size: int = _f(512, "Global evaluation batch size.")
-    learning_rate: float = _f(0.05, "Peak SGD learning rate.")
+    learning_rate: float = _f(0.01, "Peak SGD learning rate (0.01: chosen on validation, docs/tuning.md).")
     momentum: float = _f(0.9, "SGD Nesterov momentum.")
     weight_decay: float = _f(1e-4, "SGD weight decay.")
     warmup_epochs: float = _f(5.0, "Linear warm-up epochs from lr/10, then cosine to lr*1e-3.")
@@ -141,17 +141,19 @@ class Config:
     hyper_lr: float = _f(0.05, "Peak learning rate of the tables' row RMSprop (warm-up + cosine).")
     hyper_lr_aug: float = _f(0.0, "Peak learning rate of the augmentation rows λ_A (0 = --hyper_lr).")
     hyper_lr_weight: float = _f(0.0, "Peak learning rate of the loss-weight rows λ_W (0 = --hyper_lr).")
-    hyper_lr_soft: float = _f(0.0, "Peak learning rate of the soft-label rows λ_S (0 = --hyper_lr).")
+    hyper_lr_soft: float = _f(0.3, "Peak learning rate of the soft-label rows λ_S (0 = --hyper_lr; "
+                                   "0.3 chosen on validation, docs/tuning.md).")
     table_optimizer: str = _f(
         "rmsprop_local", "Row optimizer of the tables: rmsprop_local (row-local time: a row's "
         "moment decays per visit, scale-free) | rmsprop_global (the original's dense clock).",
         choices=train.TABLE_OPTIMIZERS)
-    soft_norm: str = _f("coordinate", "Soft-label rows: RMSprop per coordinate or per row vector "
-                                      "(row: the C logits share one second moment; rmsprop_local).",
+    soft_norm: str = _f("row", "Soft-label rows: RMSprop per coordinate or per row vector "
+                               "(row: the C logits share one second moment; rmsprop_local).",
                         choices=train.SOFT_NORMS)
     implicit_theta: str = _f(
-        "head", "θ of the implicit differentiation: head (kernel + bias) | kernel (the "
-        "original) | centred_kernel (kernel on batch-centred features; same logits).",
+        "centred_kernel", "θ of the implicit differentiation: head (kernel + bias) | kernel (the "
+        "original) | centred_kernel (kernel on batch-centred features; same logits; the "
+        "default, chosen on validation, docs/tuning.md).",
         choices=train.IMPLICIT_THETAS)
     rmsprop_decay: float = _f(0.99, "RMSprop second-moment decay (per row visit for "
                                     "rmsprop_local, per hyper step for rmsprop_global).")
@@ -391,8 +393,9 @@ def static_errors(config: Config) -> list[str]:
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
     need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "allowed: 0 <= decay < 1")
     if c.soft_norm == "row" and c.table_optimizer != "rmsprop_local":
-        errs.append(f"--soft_norm=row: needs --table_optimizer=rmsprop_local, not "
-                    f"{c.table_optimizer}")
+        errs.append(f"--soft_norm=row (the default): needs --table_optimizer=rmsprop_local, "
+                    f"not {c.table_optimizer}; with {c.table_optimizer} pass "
+                    "--soft_norm=coordinate")
     for name in ("hyper_lr_aug", "hyper_lr_weight", "hyper_lr_soft"):
         v = getattr(c, name)
         need(math.isfinite(v) and v >= 0, name, "allowed: a finite number >= 0 (0 = --hyper_lr)")

@@ -21,7 +21,7 @@ WRN_CIFAR = dict(model="wrn28_10", epochs=200, batch_size=256, learning_rate=0.1
                  hyper_start_epoch=50, hyper_batch_size=256, hyper_lr=0.05, upsample=4)
 EXPECTED = {
     ("mnist5k.py", ""): dict(dataset="mnist5k", model="small_cnn", epochs=60, batch_size=32,
-                             learning_rate=0.05, hyper_start_epoch=15, hyper_batch_size=0,
+                             learning_rate=0.01, hyper_start_epoch=15, hyper_batch_size=0,
                              hyper_lr=0.05, upsample=1),
     ("svhn_wrn28_10.py", ""): dict(dataset="svhn_cropped", **dict(WRN_CIFAR,
                                                                   learning_rate=0.005)),

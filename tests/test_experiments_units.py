@@ -56,6 +56,7 @@ def test_choices_are_the_library_names():
     (dict(method="none", upsample=2), "--upsample"),
     (dict(hyper_batch_size=-1), "--hyper_batch_size"),
     (dict(rmsprop_decay=1.0), "--rmsprop_decay"),
+    (dict(table_optimizer="rmsprop_global"), "--soft_norm"),  # row norm needs row-local time
     (dict(method="l2rw", mwn_lr=0.01), "--mwn_lr"),
     (dict(method="mwn", mwn_lr=0.0), "--mwn_lr"),
     (dict(method="autodo_aws", mwn_normalize=True), "--mwn_normalize"),
@@ -65,6 +66,12 @@ def test_static_errors_name_the_flag(changes, flag):
     errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))
     assert len(errs) >= 1 and all("\n" not in e for e in errs)
     assert errs[0].startswith(flag + "=")
+
+
+def test_the_originals_table_optimizer_with_coordinate_soft_norm_is_valid():
+    c = cfg_lib.Config().replace(table_optimizer="rmsprop_global", soft_norm="coordinate",
+                                 implicit_theta="kernel")
+    assert cfg_lib.static_errors(c) == []
 
 
 def test_hyper_batch_size_default_fits_the_clean_split():
