@@ -100,12 +100,21 @@ def test_report_on_fake_workdirs_gives_the_expected_cells(tmp_path):
     assert by_size["none"][500] == pytest.approx([85.0, 95.0])
     assert set(by_size) == {"none", "autodo_aws", "val_only",
                             "val_only[host_policy=color_subset, init_warp=True]"}
+    targets = report.target_lines(runs)
+    assert targets == [
+        "- mnist5k, small_cnn, val_size=100, IR-NR 10-0.2: best of the baselines: met (95.5 vs "
+        "Baseline 86.0); soft labels ≥ 25 % fixed, ≥ 98 % kept: met (30.0 %, 99.0 %); weight "
+        "AUC ≥ 0.95: MISSED (0.910)",
+        "- mnist5k, small_cnn, val_size=500, IR-NR 10-0.2: best of the baselines: met (95.5 vs "
+        "Baseline 90.0); soft labels ≥ 25 % fixed, ≥ 98 % kept: met (30.0 %, 99.0 %); weight "
+        "AUC ≥ 0.95: MISSED (0.910)"]
     out = str(tmp_path / "report")
     written = report.write_report([root], out)
     assert sorted(os.path.basename(p) for p in written) == [
         "accuracy_vs_val_size.png", "results.csv", "results.md"]
     text = open(os.path.join(out, "results.md")).read()
     assert "Val only [host_policy=color_subset, init_warp=True]" in text
+    assert "## Targets" in text and targets[0] in text
     assert os.path.getsize(os.path.join(out, "accuracy_vs_val_size.png")) > 10_000
 
 
