@@ -91,50 +91,50 @@ TARGET_FIXED, TARGET_KEPT, TARGET_AUC = 25.0, 98.0, 0.95
 def target_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
     """One markdown bullet per cell holding ``TARGET_METHOD``: each target "met" or
     "MISSED", with the numbers it was judged on (means over seeds)."""
-    acc: dict = {}
-    for run in runs:
-        cfg, value = run["config"], run["summary"].get("test_accuracy_final")
-        if value is not None:
-            cell = (cfg["dataset"], cfg["model"], results.group_settings(cfg),
-                    results.column_name(cfg))
-            acc.setdefault(cell, {}).setdefault(results.row_key(cfg), []).append(100.0 * value)
     noise = noise_cells(runs)
     lines = []
-    for cell in sorted(acc, key=lambda c: (c[:3], results.column_order(c[3]))):
-        rows = {row: float(np.mean(v)) for row, v in acc[cell].items()}
-        if TARGET_METHOD not in rows:
-            continue
-        ours = rows[TARGET_METHOD]
-        rivals = {r: a for r, a in rows.items() if r.partition("[")[0] in TARGET_RIVALS}
-        others = {r: a for r, a in rows.items() if r != TARGET_METHOD and r not in rivals}
-        where = ", ".join((cell[0], cell[1]) + cell[2] + (f"IR-NR {cell[3]}",))
-        verdicts = []
-        if rivals:
-            best = max(rivals, key=rivals.get)
-            verdicts.append(f"best of the baselines: {'met' if ours > rivals[best] else 'MISSED'}"
-                            f" ({ours:.1f} vs {results.row_label(best)} {rivals[best]:.1f})")
-        if "autodo_aw" in rows:
-            verdicts.append(f"beats λ^{{A,W}}: {'met' if ours > rows['autodo_aw'] else 'MISSED'}"
-                            f" ({ours:.1f} vs {rows['autodo_aw']:.1f})")
-        stats = noise.get(cell[:3], {}).get((TARGET_METHOD, cell[3]), {})
-        fixed = stats.get("soft_label_noisy_fixed_fraction")
-        kept = stats.get("soft_label_clean_kept_fraction")
-        if fixed and kept:
-            f, k = float(np.mean(fixed)), float(np.mean(kept))
-            ok = f >= TARGET_FIXED and k >= TARGET_KEPT
-            verdicts.append(f"soft labels ≥ {TARGET_FIXED:g} % fixed, ≥ {TARGET_KEPT:g} % kept: "
-                            f"{'met' if ok else 'MISSED'} ({f:.1f} %, {k:.1f} %)")
-        auc = stats.get("weight_auc_clean_vs_noisy")
-        if auc:
-            a = float(np.mean(auc))
-            verdicts.append(f"weight AUC ≥ {TARGET_AUC:g}: {'met' if a >= TARGET_AUC else 'MISSED'}"
-                            f" ({a:.3f})")
-        if others:
-            top = max(others, key=others.get)
-            verdicts.append(f"(not a target) best other row: {results.row_label(top)} "
-                            f"{others[top]:.1f}")
-        lines.append(f"- {where}: " + "; ".join(verdicts))
+    for group, table in results.build_tables(runs, "final", accuracy=True).items():
+        for column in table["columns"]:
+            rows = {row: float(np.mean(cells[column])) for row, cells in table["rows"]
+                    if column in cells}
+            if TARGET_METHOD in rows:
+                lines.append(_target_line(group + (column,), rows, noise))
     return lines
+
+
+def _target_line(cell: tuple, rows: dict[str, float], noise: dict) -> str:
+    """The bullet of one cell (dataset, model, settings, IR-NR); ``rows`` maps each row
+    of the cell to its mean final accuracy %."""
+    ours = rows[TARGET_METHOD]
+    rivals = {r: a for r, a in rows.items() if r.partition("[")[0] in TARGET_RIVALS}
+    others = {r: a for r, a in rows.items() if r != TARGET_METHOD and r not in rivals}
+    where = ", ".join((cell[0], cell[1]) + cell[2] + (f"IR-NR {cell[3]}",))
+    verdicts = []
+    if rivals:
+        best = max(rivals, key=rivals.get)
+        verdicts.append(f"best of the baselines: {'met' if ours > rivals[best] else 'MISSED'}"
+                        f" ({ours:.1f} vs {results.row_label(best)} {rivals[best]:.1f})")
+    if "autodo_aw" in rows:
+        verdicts.append(f"beats λ^{{A,W}}: {'met' if ours > rows['autodo_aw'] else 'MISSED'}"
+                        f" ({ours:.1f} vs {rows['autodo_aw']:.1f})")
+    stats = noise.get(cell[:3], {}).get((TARGET_METHOD, cell[3]), {})
+    fixed = stats.get("soft_label_noisy_fixed_fraction")
+    kept = stats.get("soft_label_clean_kept_fraction")
+    if fixed and kept:
+        f, k = float(np.mean(fixed)), float(np.mean(kept))
+        ok = f >= TARGET_FIXED and k >= TARGET_KEPT
+        verdicts.append(f"soft labels ≥ {TARGET_FIXED:g} % fixed, ≥ {TARGET_KEPT:g} % kept: "
+                        f"{'met' if ok else 'MISSED'} ({f:.1f} %, {k:.1f} %)")
+    auc = stats.get("weight_auc_clean_vs_noisy")
+    if auc:
+        a = float(np.mean(auc))
+        verdicts.append(f"weight AUC ≥ {TARGET_AUC:g}: {'met' if a >= TARGET_AUC else 'MISSED'}"
+                        f" ({a:.3f})")
+    if others:
+        top = max(others, key=others.get)
+        verdicts.append(f"(not a target) best other row: {results.row_label(top)} "
+                        f"{others[top]:.1f}")
+    return f"- {where}: " + "; ".join(verdicts)
 
 
 def _val_size(run: dict[str, Any]) -> int | None:
