@@ -42,7 +42,7 @@ from absl import app, flags
 
 from autodo_jax import implicit, losses, models, parallel
 from autodo_jax.data import distortion, transforms
-from experiments import artifacts, run_setup, summary as summary_lib, trainer
+from experiments import artifacts, pipes as pipes_lib, run_setup, summary as summary_lib, trainer
 from experiments import config as cfg_lib
 
 
@@ -55,7 +55,7 @@ def load_run(workdir: str) -> dict[str, Any]:
     config = cfg_lib.from_dict(artifacts.read_json(os.path.join(workdir, artifacts.CONFIG_FILE)))
     data = run_setup.load_data(config)
     mesh = parallel.make_mesh(config.num_devices or None)  # the run's device count
-    pipes = trainer.build_pipes(config, data, mesh)
+    pipes = pipes_lib.build_pipes(config, data, mesh)
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
     run = trainer.Trainer(config, workdir, data, mesh, pipes, step_cfg, log=lambda m: None)

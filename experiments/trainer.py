@@ -55,7 +55,7 @@ from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
 from experiments.metric_writer import MetricWriter
 from experiments.preemption import Preempted, PreemptionWatch
 from experiments.progress import Diverged, Progress
-from experiments.pipes import (Pipes, build_pipes, default_data_workers,  # noqa: F401
+from experiments.pipes import (Pipes, build_pipes, default_data_workers,
                                default_steps_per_dispatch, derive_seed, dispatches,
                                loader_position)
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)

@@ -1,7 +1,7 @@
 """Run-speed settings of experiments.train: compilation cache, dispatch and worker defaults."""
 import jax
 
-from experiments import trainer
+from experiments import pipes
 from experiments.train import enable_compilation_cache
 
 
@@ -21,5 +21,5 @@ def test_compilation_cache_flag(tmp_path):
 
 
 def test_dispatch_and_worker_defaults():
-    assert trainer.default_steps_per_dispatch() == (1 if jax.default_backend() == "cpu" else 8)
-    assert 1 <= trainer.default_data_workers() <= 8
+    assert pipes.default_steps_per_dispatch() == (1 if jax.default_backend() == "cpu" else 8)
+    assert 1 <= pipes.default_data_workers() <= 8
