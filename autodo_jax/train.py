@@ -16,7 +16,8 @@ Every step runs unchanged on one device or sharded over a mesh (batch ``P("data"
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
 from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, IMPLICIT_THETAS, LR_FIELDS,
-                                               REWEIGHTS, SOFT_NORMS, SOLVERS,
+                                               REWEIGHT_SCOPES, REWEIGHTS, SOFT_NORMS,
+                                               SOLVERS,
                                                TABLE_OPTIMIZERS, StepConfig, hyper_lr_schedule,
                                                inner_optimizer, lr_schedule, make_solver,
                                                model_from_config, mwn_optimizer,
@@ -36,6 +37,7 @@ __all__ = [
     "IMPLICIT_THETAS",
     "LR_FIELDS",
     "REWEIGHTS",
+    "REWEIGHT_SCOPES",
     "SOFT_NORMS",
     "SOLVERS",
     "TABLE_OPTIMIZERS",

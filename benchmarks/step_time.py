@@ -27,9 +27,10 @@ timed in interleaved rounds so that load drift on a shared machine hits both ali
 
 ``--reweight`` adds the competitors' look-ahead inner steps (``train.reweight_step``:
 "l2rw" and "mwn", no table, a clean batch of the train batch's size per step, as
-``experiments.train`` runs them) and one line per case ``{"l2rw_over_plain_per_image",
-"mwn_over_plain_per_image"}`` (+ ``_cpu``): their cost per train image relative to the
-plain step (issue 13's target: <= 3). Example for the mnist5k default model:
+``experiments.train`` runs them), each with the papers' look-ahead over every parameter
+and with ``reweight_scope="head"`` ("l2rw_head", "mwn_head"), and one line per case
+``{"l2rw_over_plain_per_image", "mwn_over_plain_per_image", "l2rw_head_...", ...}`` (+
+``_cpu``): their cost per train image relative to the plain step (issue 13's target: <= 3). Example for the mnist5k default model:
 ``python -m benchmarks.step_time --cases small_cnn:32:1 --reweight``.
 """
 from __future__ import annotations
@@ -176,12 +177,12 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
         phases[f"hyper_k{k}"] = lambda s, b: hyper_k(s, stacked, vals, None)
         fresh = train.autodo_table_init(labels, CLASSES, aug=True, weight=True, soft=True)
         states[f"inner_k{k}"] = train.create_train_state(jax.random.key(0), cfg, fresh, shape)
-    for method in (train.REWEIGHTS[1:] if args.reweight else ()):
-        rcfg = dataclasses.replace(plain_cfg, reweight=method)
-        states[method] = train.create_train_state(jax.random.key(0), rcfg, {}, shape)
-        step, compile_s[method] = _compile(train.reweight_step, states[method], batches[0],
-                                           val, rcfg)
-        phases[method] = lambda s, b, step=step: step(s, b, val)
+    for name, (method, scope) in (_reweight_phases() if args.reweight else {}).items():
+        rcfg = dataclasses.replace(plain_cfg, reweight=method, reweight_scope=scope)
+        states[name] = train.create_train_state(jax.random.key(0), rcfg, {}, shape)
+        step, compile_s[name] = _compile(train.reweight_step, states[name], batches[0],
+                                         val, rcfg)
+        phases[name] = lambda s, b, step=step: step(s, b, val)
     times = {phase: [] for phase in phases}
     for _ in range(args.rounds + 1):  # round 0 warms up (first calls, allocations)
         for phase, call in phases.items():
@@ -201,12 +202,19 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
                     "hyper_over_inner_per_image_cpu": ratio["cpu_ms_median"]})
     if args.reweight:
         line = {"model": model, "batch": batch, "upsample": upsample}
-        for method in train.REWEIGHTS[1:]:
+        for name in _reweight_phases():
             for key, suffix in (("ms_median", ""), ("cpu_ms_median", "_cpu")):
-                line[f"{method}_over_plain_per_image{suffix}"] = round(
-                    by_phase[method][key] / by_phase["plain"][key], 3)
+                line[f"{name}_over_plain_per_image{suffix}"] = round(
+                    by_phase[name][key] / by_phase["plain"][key], 3)
         records.append(line)
     return records
+
+
+def _reweight_phases() -> dict[str, tuple[str, str]]:
+    """Phase name -> (reweight, reweight_scope): "l2rw", "mwn" (the papers' look-ahead over
+    every parameter) and "l2rw_head", "mwn_head" (the head-only look-ahead)."""
+    return {(m if scope == "all" else f"{m}_{scope}"): (m, scope)
+            for m in train.REWEIGHTS[1:] for scope in train.REWEIGHT_SCOPES}
 
 
 def run_table_rows(model: str, batch: int, upsample: int, args) -> list[dict]:
@@ -254,7 +262,7 @@ def main(argv=None) -> None:
                 print(json.dumps(record), flush=True)
         return
     ratios = {"hyper_over_inner_per_image": []}
-    ratios.update({f"{m}_over_plain_per_image": [] for m in train.REWEIGHTS[1:]
+    ratios.update({f"{name}_over_plain_per_image": [] for name in _reweight_phases()
                    if args.reweight})
     for model, batch, upsample in args.cases:
         for record in run_case(model, batch, upsample, args):

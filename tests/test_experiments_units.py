@@ -60,6 +60,7 @@ def test_choices_are_the_library_names():
     (dict(method="l2rw", mwn_lr=0.01), "--mwn_lr"),
     (dict(method="mwn", mwn_lr=0.0), "--mwn_lr"),
     (dict(method="autodo_aws", mwn_normalize=True), "--mwn_normalize"),
+    (dict(method="autodo_aws", reweight_scope="head"), "--reweight_scope"),
     (dict(method="trivialaugment", ablation="overfit"), "--ablation"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
@@ -120,6 +121,8 @@ def test_data_errors():
     assert cfg_lib.static_errors(c.replace(method="l2rw", ablation="overfit")) == []
     cfg = cfg_lib.step_config(c.replace(method="mwn", mwn_lr=0.01), 10, 60, 0)
     assert (cfg.reweight, cfg.mwn_lr, cfg.learns_anything) == ("mwn", 0.01, False)
+    cfg = cfg_lib.step_config(c.replace(method="l2rw", reweight_scope="head"), 10, 60, 0)
+    assert (cfg.reweight, cfg.reweight_scope) == ("l2rw", "head")
 
 
 def test_config_mismatch_ignores_non_result_fields():

@@ -15,6 +15,8 @@ from autodo_jax.models import encode, head_apply
 
 L2RW = dataclasses.replace(NONE, reweight="l2rw")
 MWN = dataclasses.replace(NONE, reweight="mwn")
+L2RW_HEAD = dataclasses.replace(L2RW, reweight_scope="head")
+MWN_HEAD = dataclasses.replace(MWN, reweight_scope="head")
 
 
 def _state(cfg, mesh=None):
@@ -76,6 +78,50 @@ def test_step_applies_the_optimizer_to_the_weighted_gradient(cfg):
         assert 0 < float(metrics["kept_fraction"]) < 1
 
 
+@pytest.mark.parametrize("cfg", [L2RW_HEAD, MWN_HEAD], ids=["l2rw", "mwn"])
+def test_head_scope_moves_only_the_head_in_the_look_ahead(cfg):
+    # Reference: the library's look-ahead over the head's parameters, with the encoder at θ
+    # inside the losses (recomputed on every call, not stored), then the gradient of
+    # Σ w ℓ over every parameter.
+    batch, val = _batches()
+    state = _state(cfg)
+    before = host(state)
+    per_example, _ = _reference_losses(cfg, state)
+    with_head = lambda params, hp: dict(params, head=hp)
+
+    @jax.jit
+    def reference(params, opt_state, phi, phi_state):
+        lr = train.lr_schedule(cfg)(0)
+        head_loss = lambda hp, b: per_example(with_head(params, hp), b)
+        head_val = lambda hp, b: jnp.mean(per_example(with_head(params, hp), b))
+        if cfg.reweight == "l2rw":
+            w, info = reweight.l2rw_weights(head_loss, head_val, params["head"], batch, val,
+                                            step_size=lr)
+            meta = {}
+        else:
+            g, info = reweight.mwn_meta_grad(head_loss, head_val, params["head"], phi, batch,
+                                             val, step_size=lr)
+            updates, phi_state = train.mwn_optimizer(cfg).update(g, phi_state, phi)
+            meta = {"params": optax.apply_updates(phi, updates), "opt_state": phi_state}
+            w = reweight.mwn_example_weights(meta["params"], per_example(params, batch))
+        grads = jax.grad(lambda p: jnp.sum(w * per_example(p, batch)))(params)
+        updates, _ = train.inner_optimizer(cfg).update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), meta, info.val_loss
+
+    want, meta, val_loss = reference(before.params, before.opt_state,
+                                     before.meta.get("params", {}),
+                                     before.meta.get("opt_state", {}))
+    new, metrics = train.reweight_step(state, batch, val, cfg)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(new.meta), jax.tree.leaves(meta)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(float(metrics["val_loss"]), float(val_loss), rtol=1e-5)
+    # The encoder moved too (the model's step uses every parameter's gradient).
+    assert not np.allclose(jax.tree.leaves(new.params["encoder"])[0],
+                           jax.tree.leaves(before.params["encoder"])[0])
+
+
 def test_mwn_trains_on_a_mesh_and_in_k_step_dispatches(xla_optimized):
     # Compiled as in production: the tolerance below is for XLA's optimised programs
     # (unoptimised, the 8-device and the scanned paths round differently: ~7e-4 relative).
@@ -115,6 +161,8 @@ def test_configuration_errors():
         train.StepConfig(reweight="focal")
     with pytest.raises(ValueError, match='StepConfig.reweight must be "none" when a table'):
         train.StepConfig(reweight="l2rw", learn_weight=True)
+    with pytest.raises(ValueError, match="StepConfig.reweight_scope must be one of"):
+        train.StepConfig(reweight="mwn", reweight_scope="encoder")
     with pytest.raises(ValueError, match="StepConfig.mwn_hidden"):
         train.StepConfig(reweight="mwn", mwn_hidden=0)
     batch, val = _batches()

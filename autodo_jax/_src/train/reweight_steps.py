@@ -28,9 +28,9 @@ Metrics = dict[str, jax.Array]
 
 
 def _model_losses(state: TrainState, cfg: StepConfig):
-    """(per_example_loss, val_loss) of ``reweight``: cross-entropy against the given
-    labels; both passes in training mode (BatchNorm batch statistics, as the authors'
-    code); the train pass returns (logits, new BatchNorm statistics) as aux."""
+    """(per_example_loss, val_loss) of ``reweight`` over all parameters: cross-entropy
+    against the given labels; both passes in training mode (BatchNorm batch statistics, as
+    the authors' code); the train pass returns (logits, new BatchNorm statistics) as aux."""
     model = model_from_config(cfg)
 
     def logits_and_stats(params, images):
@@ -47,6 +47,73 @@ def _model_losses(state: TrainState, cfg: StepConfig):
     return per_example_loss, val_loss
 
 
+def _head_loss(head_params, batch):
+    """Per-example cross-entropy of the head on stored features ``batch["feats"]``."""
+    return losses.cross_entropy(head_apply(head_params, batch["feats"]), batch["labels"])
+
+
+def _head_val_loss(head_params, batch):
+    """Clean loss of the head on stored features."""
+    return losses.val_loss(head_apply(head_params, batch["feats"]), batch["labels"])
+
+
+def _mwn_update(cfg: StepConfig, meta, mwn_grads):
+    """The MLP's optimizer step: the new ``{"params", "opt_state"}``."""
+    updates, opt_state = mwn_optimizer(cfg).update(mwn_grads, meta["opt_state"],
+                                                   meta["params"])
+    return {"params": optax.apply_updates(meta["params"], updates), "opt_state": opt_state}
+
+
+def _all_scope(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepConfig, lr):
+    """The papers' look-ahead: every parameter takes the virtual step.
+    Returns (loss, logits, stats, grads, weights, meta, info)."""
+    per_example_loss, val_loss = _model_losses(state, cfg)
+    if cfg.reweight == "l2rw":
+        (loss, (logits, stats)), grads, w, info = reweight.l2rw_value_and_grad(
+            per_example_loss, val_loss, state.params, batch, val_batch, step_size=lr,
+            has_aux=True)
+        return loss, logits, stats, grads, w, state.meta, info
+    meta = state.meta
+    (loss, (logits, stats)), grads, (phi, phi_state), w, info = reweight.mwn_value_and_grad(
+        per_example_loss, val_loss, state.params, meta["params"], meta["opt_state"],
+        batch, val_batch, step_size=lr, optimizer=mwn_optimizer(cfg),
+        normalize=cfg.mwn_normalize, has_aux=True)
+    return loss, logits, stats, grads, w, {"params": phi, "opt_state": phi_state}, info
+
+
+def _head_scope(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepConfig, lr):
+    """Look-ahead of the head only: one linearisation of the whole model on the train
+    batch (its features are kept), one forward of the encoder on the clean batch (the
+    encoder does not move, so its clean features are those at θ), then the library's
+    look-ahead on the head over the stored features; the model's gradient of Σ w ℓ comes
+    from the stored linearisation. Returns as :func:`_all_scope`."""
+    model = model_from_config(cfg)
+
+    def full(params):
+        feats, stats = encode(model, params, state.batch_stats, batch["images"], train=True)
+        logits = head_apply(params["head"], feats)
+        return losses.cross_entropy(logits, batch["labels"]), (feats, logits, stats)
+
+    ce, jvp, (feats, logits, stats) = jax.linearize(full, state.params, has_aux=True)
+    val_feats, _ = encode(model, state.params, state.batch_stats, val_batch["images"],
+                          train=True)
+    stored = {"feats": jax.lax.stop_gradient(feats), "labels": batch["labels"]}
+    val_stored = {"feats": jax.lax.stop_gradient(val_feats), "labels": val_batch["labels"]}
+    head = state.params["head"]
+    meta = state.meta
+    if cfg.reweight == "l2rw":
+        w, info = reweight.l2rw_weights(_head_loss, _head_val_loss, head, stored, val_stored,
+                                        step_size=lr)
+    else:
+        mwn_grads, info = reweight.mwn_meta_grad(
+            _head_loss, _head_val_loss, head, meta["params"], stored, val_stored,
+            step_size=lr, normalize=cfg.mwn_normalize)
+        meta = _mwn_update(cfg, meta, mwn_grads)
+        w = reweight.mwn_example_weights(meta["params"], ce, normalize=cfg.mwn_normalize)
+    grads = jax.linear_transpose(jvp, state.params)(w.astype(ce.dtype))[0]
+    return jnp.sum(w * ce), logits, stats, grads, w, meta, info
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
 def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepConfig,
                   mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
@@ -58,6 +125,9 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
     Adam step on the meta-gradient, then w = V(ℓ; φ_new)/B. The virtual step uses the
     current learning rate of the model's schedule and moves every model parameter. Then
     the model's SGD (Nesterov, weight decay) applies the gradient. ``state`` is donated.
+    ``cfg.reweight_scope == "head"``: the same with only the linear head taking the
+    virtual step (the encoder's train and clean features computed once at θ; exact for
+    that objective); the model's update still moves every parameter.
 
     Numerical guard (as ``inner_step``): when the loss, a look-ahead quantity, or any new
     parameter, statistic, optimizer moment or MLP parameter is NaN or infinite, the update
@@ -82,21 +152,10 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
     if cfg.reweight not in ("l2rw", "mwn"):
         raise ValueError(f'reweight_step needs cfg.reweight "l2rw" or "mwn", got '
                          f"{cfg.reweight!r}")
-    per_example_loss, val_loss = _model_losses(state, cfg)
     lr = lr_schedule(cfg)(state.step)
-    meta = state.meta
-    if cfg.reweight == "l2rw":
-        (loss, (logits, stats)), grads, w, info = reweight.l2rw_value_and_grad(
-            per_example_loss, val_loss, state.params, batch, val_batch, step_size=lr,
-            has_aux=True)
-        ce = jnp.mean(losses.cross_entropy(logits, batch["labels"]))
-    else:
-        (loss, (logits, stats)), grads, (phi, phi_state), w, info = reweight.mwn_value_and_grad(
-            per_example_loss, val_loss, state.params, meta["params"], meta["opt_state"],
-            batch, val_batch, step_size=lr, optimizer=mwn_optimizer(cfg),
-            normalize=cfg.mwn_normalize, has_aux=True)
-        meta = {"params": phi, "opt_state": phi_state}
-        ce = jnp.mean(info.losses)
+    scope = _head_scope if cfg.reweight_scope == "head" else _all_scope
+    loss, logits, stats, grads, w, meta, info = scope(state, batch, val_batch, cfg, lr)
+    ce = jnp.mean(losses.cross_entropy(logits, batch["labels"]))
     updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, updates), stats, opt_state, meta)
     finite = info.finite & all_finite(loss, *new)
