@@ -108,6 +108,10 @@ def test_report_on_fake_workdirs_gives_the_expected_cells(tmp_path):
         "- mnist5k, small_cnn, val_size=500, IR-NR 10-0.2: best of the baselines: met (95.5 vs "
         "Baseline 90.0); soft labels ≥ 25 % fixed, ≥ 98 % kept: met (30.0 %, 99.0 %); weight "
         "AUC ≥ 0.95: MISSED (0.910)"]
+    # a comparison that one decimal would show as a tie gets two
+    assert report._distinct(97.23, 97.17) == ("97.23", "97.17")
+    assert report._distinct(97.2, 97.2) == ("97.2", "97.2")
+    assert report._distinct(95.5, 86.0) == ("95.5", "86.0")
     out = str(tmp_path / "report")
     written = report.write_report([root], out)
     assert sorted(os.path.basename(p) for p in written) == [
