@@ -16,8 +16,7 @@ Every step runs unchanged on one device or sharded over a mesh (batch ``P("data"
 table rows ``P("data")``, everything else replicated): pass the static ``mesh``.
 """
 from autodo_jax._src.train.step_config import (COMPUTE_DTYPES, IMPLICIT_THETAS, LR_FIELDS,
-                                               REWEIGHT_SCOPES, REWEIGHTS, SOFT_NORMS,
-                                               SOLVERS,
+                                               REWEIGHT_SCOPES, REWEIGHTS, SOFT_NORMS, SOLVERS,
                                                TABLE_OPTIMIZERS, StepConfig, hyper_lr_schedule,
                                                inner_optimizer, lr_schedule, make_solver,
                                                model_from_config, mwn_optimizer,

@@ -30,7 +30,8 @@ timed in interleaved rounds so that load drift on a shared machine hits both ali
 ``experiments.train`` runs them), each with the papers' look-ahead over every parameter
 and with ``reweight_scope="head"`` ("l2rw_head", "mwn_head"), and one line per case
 ``{"l2rw_over_plain_per_image", "mwn_over_plain_per_image", "l2rw_head_...", ...}`` (+
-``_cpu``): their cost per train image relative to the plain step (issue 13's target: <= 3). Example for the mnist5k default model:
+``_cpu``): their cost per train image relative to the plain step (issue 13's target: <= 3).
+Example for the mnist5k default model:
 ``python -m benchmarks.step_time --cases small_cnn:32:1 --reweight``.
 """
 from __future__ import annotations

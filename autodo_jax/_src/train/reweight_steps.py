@@ -28,23 +28,27 @@ Metrics = dict[str, jax.Array]
 
 
 def _model_losses(state: TrainState, cfg: StepConfig):
-    """(per_example_loss, val_loss) of ``reweight`` over all parameters: cross-entropy
-    against the given labels; both passes in training mode (BatchNorm batch statistics, as
-    the authors' code); the train pass returns (logits, new BatchNorm statistics) as aux."""
+    """(features, per_example_loss, val_loss) of ``reweight`` over all parameters.
+
+    ``features(params, images) -> (feats (B, D), new BatchNorm statistics)``;
+    ``per_example_loss(params, batch) -> (ce (B,), (feats, logits, stats))``: cross-entropy
+    against the given labels; ``val_loss(params, batch)``: the clean mean loss. Every pass
+    in training mode (BatchNorm batch statistics, as the authors' code)."""
     model = model_from_config(cfg)
 
-    def logits_and_stats(params, images):
-        feats, stats = encode(model, params, state.batch_stats, images, train=True)
-        return head_apply(params["head"], feats), stats
+    def features(params, images):
+        return encode(model, params, state.batch_stats, images, train=True)
 
     def per_example_loss(params, batch):
-        logits, stats = logits_and_stats(params, batch["images"])
-        return losses.cross_entropy(logits, batch["labels"]), (logits, stats)
+        feats, stats = features(params, batch["images"])
+        logits = head_apply(params["head"], feats)
+        return losses.cross_entropy(logits, batch["labels"]), (feats, logits, stats)
 
     def val_loss(params, batch):
-        return losses.val_loss(logits_and_stats(params, batch["images"])[0], batch["labels"])
+        feats, _ = features(params, batch["images"])
+        return losses.val_loss(head_apply(params["head"], feats), batch["labels"])
 
-    return per_example_loss, val_loss
+    return features, per_example_loss, val_loss
 
 
 def _head_loss(head_params, batch):
@@ -57,59 +61,47 @@ def _head_val_loss(head_params, batch):
     return losses.val_loss(head_apply(head_params, batch["feats"]), batch["labels"])
 
 
-def _mwn_update(cfg: StepConfig, meta, mwn_grads):
-    """The MLP's optimizer step: the new ``{"params", "opt_state"}``."""
-    updates, opt_state = mwn_optimizer(cfg).update(mwn_grads, meta["opt_state"],
-                                                   meta["params"])
-    return {"params": optax.apply_updates(meta["params"], updates), "opt_state": opt_state}
+def _look_ahead(per_example_loss, val_loss, params, batch, val_batch, cfg, meta, lr,
+                has_aux):
+    """The library's look-ahead of ``cfg.reweight`` over ``params``.
+    Returns ((loss, aux), grads of ``params``, weights (B,), new meta, info)."""
+    if cfg.reweight == "l2rw":
+        value, grads, w, info = reweight.l2rw_value_and_grad(
+            per_example_loss, val_loss, params, batch, val_batch, step_size=lr,
+            has_aux=has_aux)
+        return value, grads, w, meta, info
+    value, grads, (phi, phi_state), w, info = reweight.mwn_value_and_grad(
+        per_example_loss, val_loss, params, meta["params"], meta["opt_state"], batch,
+        val_batch, step_size=lr, optimizer=mwn_optimizer(cfg), normalize=cfg.mwn_normalize,
+        has_aux=has_aux)
+    return value, grads, w, {"params": phi, "opt_state": phi_state}, info
 
 
 def _all_scope(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepConfig, lr):
     """The papers' look-ahead: every parameter takes the virtual step.
     Returns (loss, logits, stats, grads, weights, meta, info)."""
-    per_example_loss, val_loss = _model_losses(state, cfg)
-    if cfg.reweight == "l2rw":
-        (loss, (logits, stats)), grads, w, info = reweight.l2rw_value_and_grad(
-            per_example_loss, val_loss, state.params, batch, val_batch, step_size=lr,
-            has_aux=True)
-        return loss, logits, stats, grads, w, state.meta, info
-    meta = state.meta
-    (loss, (logits, stats)), grads, (phi, phi_state), w, info = reweight.mwn_value_and_grad(
-        per_example_loss, val_loss, state.params, meta["params"], meta["opt_state"],
-        batch, val_batch, step_size=lr, optimizer=mwn_optimizer(cfg),
-        normalize=cfg.mwn_normalize, has_aux=True)
-    return loss, logits, stats, grads, w, {"params": phi, "opt_state": phi_state}, info
+    _, per_example_loss, val_loss = _model_losses(state, cfg)
+    (loss, (_, logits, stats)), grads, w, meta, info = _look_ahead(
+        per_example_loss, val_loss, state.params, batch, val_batch, cfg, state.meta, lr,
+        has_aux=True)
+    return loss, logits, stats, grads, w, meta, info
 
 
 def _head_scope(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepConfig, lr):
     """Look-ahead of the head only: one linearisation of the whole model on the train
     batch (its features are kept), one forward of the encoder on the clean batch (the
     encoder does not move, so its clean features are those at θ), then the library's
-    look-ahead on the head over the stored features; the model's gradient of Σ w ℓ comes
-    from the stored linearisation. Returns as :func:`_all_scope`."""
-    model = model_from_config(cfg)
-
-    def full(params):
-        feats, stats = encode(model, params, state.batch_stats, batch["images"], train=True)
-        logits = head_apply(params["head"], feats)
-        return losses.cross_entropy(logits, batch["labels"]), (feats, logits, stats)
-
-    ce, jvp, (feats, logits, stats) = jax.linearize(full, state.params, has_aux=True)
-    val_feats, _ = encode(model, state.params, state.batch_stats, val_batch["images"],
-                          train=True)
+    look-ahead on the head over the stored features (its head gradient is unused); the
+    model's gradient of Σ w ℓ comes from the stored linearisation. Returns as
+    :func:`_all_scope`."""
+    features, per_example_loss, _ = _model_losses(state, cfg)
+    ce, jvp, (feats, logits, stats) = jax.linearize(
+        lambda p: per_example_loss(p, batch), state.params, has_aux=True)
+    val_feats, _ = features(state.params, val_batch["images"])
     stored = {"feats": jax.lax.stop_gradient(feats), "labels": batch["labels"]}
     val_stored = {"feats": jax.lax.stop_gradient(val_feats), "labels": val_batch["labels"]}
-    head = state.params["head"]
-    meta = state.meta
-    if cfg.reweight == "l2rw":
-        w, info = reweight.l2rw_weights(_head_loss, _head_val_loss, head, stored, val_stored,
-                                        step_size=lr)
-    else:
-        mwn_grads, info = reweight.mwn_meta_grad(
-            _head_loss, _head_val_loss, head, meta["params"], stored, val_stored,
-            step_size=lr, normalize=cfg.mwn_normalize)
-        meta = _mwn_update(cfg, meta, mwn_grads)
-        w = reweight.mwn_example_weights(meta["params"], ce, normalize=cfg.mwn_normalize)
+    _, _, w, meta, info = _look_ahead(_head_loss, _head_val_loss, state.params["head"],
+                                      stored, val_stored, cfg, state.meta, lr, has_aux=False)
     grads = jax.linear_transpose(jvp, state.params)(w.astype(ce.dtype))[0]
     return jnp.sum(w * ce), logits, stats, grads, w, meta, info
 
