@@ -19,6 +19,7 @@ from autodo_jax import models
 from autodo_jax.data import distortion, sources, transforms, user_sources
 from experiments import artifacts
 from experiments import config as cfg_lib
+from experiments import config_checks
 
 SPLIT_FILE = distortion.SPLIT_FILENAME
 
@@ -202,7 +203,7 @@ def check_workdir(config: cfg_lib.Config, workdir: str) -> bool:
 
 def prepare(config: cfg_lib.Config, workdir: str) -> Data:
     """All checks of a run; writes nothing. Raises ConfigError listing every problem."""
-    errors = cfg_lib.static_errors(config)
+    errors = config_checks.static_errors(config)
     if errors:
         raise ConfigError(errors)
     data = load_data(config)
@@ -215,7 +216,7 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
                 else f"--method={config.method}: needs the host policy {policy}, which")
         errors.append(f"{flag}: the original does not define it for --dataset={config.dataset} "
                       f"(family {src.family}); policies there: {', '.join(allowed)}")
-    errors += cfg_lib.data_errors(
+    errors += config_checks.data_errors(
         config, image_shape=tuple(src.image_shape), num_classes=int(src.num_classes),
         num_train=split.num_train, num_val=int(split.val_index.size), num_test=len(src.test),
         num_devices=jax.device_count(),

@@ -43,6 +43,7 @@ from absl import app, flags
 
 from experiments import artifacts
 from experiments import config as cfg_lib
+from experiments import config_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +155,7 @@ def grid(preset: Preset, root: str, *, methods: Sequence[str] | None = None,
             config = cfg_lib.from_dict(values)
         except TypeError as err:
             raise ValueError(str(err)) from None
-        errs = cfg_lib.static_errors(config)
+        errs = config_checks.static_errors(config)
         if errs:
             variant = "".join(f" --{k}={v}" for k, v in extra.items())
             errors.append(f"{method}{variant} seed {seed} IR {ir:g} NR {nr:g} val {val}: "

@@ -38,6 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import config as cfg_lib
+from experiments import config_checks
 from experiments.configs import base as config_files
 
 FLAGS = flags.FLAGS
@@ -189,7 +190,7 @@ def main(argv: Sequence[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the progress
     config = config_from_flags()
-    errors = cfg_lib.static_errors(config)
+    errors = config_checks.static_errors(config)
     if errors:
         sys.stderr.write("".join(f"error: {e}\n" for e in errors))
         sys.exit(EXIT_BAD_INPUT)

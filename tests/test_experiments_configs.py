@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import config as cfg_lib, run_setup, train as train_cli, trainer
+from experiments import config as cfg_lib, config_checks, run_setup, train as train_cli, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
@@ -65,7 +65,7 @@ def test_every_config_file_loads_validates_and_holds_the_paper_settings():
         for column in COLUMNS[name] + ("",):
             arg = prefix + column or None
             config = _config(name, arg)
-            assert cfg_lib.static_errors(config) == [], (name, arg)
+            assert config_checks.static_errors(config) == [], (name, arg)
             assert {k: getattr(config, k) for k in expected} == expected, (name, arg)
             ir, nr = (column or (COLUMNS[name] or ("10-0.2",))[-1]).split("-")
             assert (config.imbalance_ratio, config.noise_ratio) == (float(ir), float(nr))

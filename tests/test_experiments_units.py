@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import artifacts, config as cfg_lib, results, run_setup, summary, visualize
+from experiments import artifacts, config as cfg_lib, config_checks, results, run_setup, summary, visualize
 from experiments.metric_writer import MetricWriter, read_metrics
 
 
@@ -18,7 +18,7 @@ from experiments.metric_writer import MetricWriter, read_metrics
 
 def test_default_config_is_valid_and_named():
     c = cfg_lib.Config()
-    assert cfg_lib.static_errors(c) == []
+    assert config_checks.static_errors(c) == []
     assert cfg_lib.default_workdir(c) == os.path.join("workdirs", "mnist5k_autodo_aws_ir10_nr0.2_s0")
     assert cfg_lib.default_workdir(c.replace(method="none")).endswith("mnist5k_none_ir10_nr0.2_s0")
     other = cfg_lib.default_workdir(c.replace(epochs=3))
@@ -64,7 +64,7 @@ def test_choices_are_the_library_names():
     (dict(method="trivialaugment", ablation="overfit"), "--ablation"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
-    errs = cfg_lib.static_errors(cfg_lib.Config().replace(**changes))
+    errs = config_checks.static_errors(cfg_lib.Config().replace(**changes))
     assert len(errs) >= 1 and all("\n" not in e for e in errs)
     assert errs[0].startswith(flag + "=")
 
@@ -72,7 +72,7 @@ def test_static_errors_name_the_flag(changes, flag):
 def test_the_originals_table_optimizer_with_coordinate_soft_norm_is_valid():
     c = cfg_lib.Config().replace(table_optimizer="rmsprop_global", soft_norm="coordinate",
                                  implicit_theta="kernel")
-    assert cfg_lib.static_errors(c) == []
+    assert config_checks.static_errors(c) == []
 
 
 def test_hyper_batch_size_default_fits_the_clean_split():
@@ -84,10 +84,10 @@ def test_hyper_batch_size_default_fits_the_clean_split():
     assert cfg_lib.hyper_batch_size(c.replace(hyper_batch_size=64), 1925, 100, 8) == 64
     ok = dict(image_shape=(28, 28, 1), num_classes=10, num_train=1925, num_val=100,
               num_test=1000, num_devices=8)
-    assert cfg_lib.data_errors(c, **ok) == []  # no refusal with 100 clean examples
-    errs = cfg_lib.data_errors(c.replace(hyper_batch_size=128), **ok)
+    assert config_checks.data_errors(c, **ok) == []  # no refusal with 100 clean examples
+    errs = config_checks.data_errors(c.replace(hyper_batch_size=128), **ok)
     assert errs and errs[0].startswith("--hyper_batch_size=128: larger than the 100 validation")
-    assert cfg_lib.data_errors(c, **dict(ok, num_val=4))[0].startswith("--hyper_batch_size=0")
+    assert config_checks.data_errors(c, **dict(ok, num_val=4))[0].startswith("--hyper_batch_size=0")
 
 
 def test_frozen_methods_and_host_policy():
@@ -106,19 +106,19 @@ def test_data_errors():
     c = cfg_lib.Config()
     ok = dict(image_shape=(28, 28, 1), num_classes=10, num_train=1925, num_val=500,
               num_test=1000, num_devices=8)
-    assert cfg_lib.data_errors(c, **ok) == []
-    errs = cfg_lib.data_errors(c.replace(batch_size=4000, eval_batch_size=100), **ok)
+    assert config_checks.data_errors(c, **ok) == []
+    errs = config_checks.data_errors(c.replace(batch_size=4000, eval_batch_size=100), **ok)
     assert [e.split("=")[0] for e in errs] == ["--batch_size", "--eval_batch_size"]
-    errs = cfg_lib.data_errors(c, **ok, model_error="too small")
+    errs = config_checks.data_errors(c, **ok, model_error="too small")
     assert errs[0].startswith("--model=small_cnn") and "too small" in errs[0]
-    assert cfg_lib.data_errors(c.replace(method="val_only", batch_size=1000), **ok)[0].startswith(
+    assert config_checks.data_errors(c.replace(method="val_only", batch_size=1000), **ok)[0].startswith(
         "--batch_size=1000")
     # look-ahead methods draw clean batches of the train batch size
-    errs = cfg_lib.data_errors(c.replace(method="mwn", batch_size=512), **ok)
+    errs = config_checks.data_errors(c.replace(method="mwn", batch_size=512), **ok)
     assert len(errs) == 1 and errs[0].startswith("--batch_size=512: --method=mwn draws clean")
-    assert cfg_lib.data_errors(c.replace(method="l2rw", ablation="overfit", batch_size=512),
+    assert config_checks.data_errors(c.replace(method="l2rw", ablation="overfit", batch_size=512),
                                **ok) == []
-    assert cfg_lib.static_errors(c.replace(method="l2rw", ablation="overfit")) == []
+    assert config_checks.static_errors(c.replace(method="l2rw", ablation="overfit")) == []
     cfg = cfg_lib.step_config(c.replace(method="mwn", mwn_lr=0.01), 10, 60, 0)
     assert (cfg.reweight, cfg.mwn_lr, cfg.learns_anything) == ("mwn", 0.01, False)
     cfg = cfg_lib.step_config(c.replace(method="l2rw", reweight_scope="head"), 10, 60, 0)

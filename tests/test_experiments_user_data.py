@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import artifacts, config as cfg_lib, run_setup, trainer, visualize
+from experiments import artifacts, config as cfg_lib, config_checks, run_setup, trainer, visualize
 from experiments.metric_writer import read_metrics
 from test_experiments_train import REPO, TINY
 
@@ -155,7 +155,7 @@ def test_workdir_names_and_image_size_flag():
         "workdirs", "mnist5k_autodo_aws_ir10_nr0.2_s0")
     assert cfg_lib.parse_image_size("") is None and cfg_lib.parse_image_size("24") == (24, 24)
     assert cfg_lib.parse_image_size("24X40") == (24, 40)
-    assert cfg_lib.static_errors(cfg_lib.Config(image_size="0x3")) == [
+    assert config_checks.static_errors(cfg_lib.Config(image_size="0x3")) == [
         "--image_size='0x3': allowed: '' (keep the data's size), H or HxW with integers >= 1"]
     # a workdir saved before a field existed counts as the field's default
     saved = cfg_lib.Config().to_dict()

@@ -3,7 +3,7 @@
 A config file states only what its setting changes; ``make(**changes)`` fills in every
 other field from ``experiments.config.Config``'s defaults (one place for defaults), so
 that every field can be overridden with ``--config.<field>=value`` and the file is
-checked by ``Config``'s own validation (``static_errors``) in the tests.
+checked by ``Config``'s validation (``config_checks.static_errors``) in the tests.
 """
 from __future__ import annotations
 
