@@ -78,6 +78,12 @@ def reweights(method: str) -> str:
     return METHODS[method].get("reweight", "none")
 
 
+def train_on(config: "Config") -> str:
+    """The examples a run's inner steps train on: "train", "val" or "train+val" (the
+    method's own, or "train+val" with --train_on_val)."""
+    return "train+val" if config.train_on_val else METHODS[config.method]["train_on"]
+
+
 def uses_val_batches(method: str) -> bool:
     """Whether `method`'s steps read clean validation batches (hyper or look-ahead steps)."""
     return has_hyper_steps(method) or reweights(method) != "none"
@@ -167,6 +173,11 @@ class Config:
         False, "Methods without a learned warp: also warp every train image on the device "
         "with AutoDO's initial augmentation (each of the 7 ops with p = 0.2, σ(m) = 0.5). "
         "With --host_policy=color_subset this is the augmentation AutoDO starts from.")
+    train_on_val: bool = _f(
+        False, "autodo_*: the inner steps also train on the clean validation split, as "
+        "train_plus_val does: its examples are appended to the train rows, each with its own "
+        "λ row learned like every other; the hyper loss stays on the same clean split. Off: "
+        "the paper's protocol (the clean split only guides λ).")
     upsample: int = _f(1, "Super-sampling factor of the learned warp (the original: 4).")
     mwn_lr: float = _f(1e-3, "mwn: Adam learning rate of the Meta-Weight-Net MLP (constant; "
                              "the authors' noisy-label code).")

@@ -13,7 +13,7 @@ import math
 
 from experiments.config import (MAX_DEFAULT_HYPER_BATCH, METHODS, Config, field_specs,
                                 has_hyper_steps, hyper_batch_size, hyper_val_rows, learns,
-                                parse_image_size, reweights, uses_val_batches)
+                                parse_image_size, reweights, train_on, uses_val_batches)
 
 
 def static_errors(config: Config) -> list[str]:
@@ -93,10 +93,15 @@ def static_errors(config: Config) -> list[str]:
     if c.host_policy != "auto" and c.host_policy != "color_subset" and not c.colour_policy:
         errs.append(f"--colour_policy=False: only applies with --host_policy=auto or "
                     f"color_subset, not {c.host_policy}")
-    train_on = METHODS[c.method]["train_on"]
-    if train_on != "train":
+    if c.train_on_val and not METHODS[c.method]["learn"]:
+        errs.append(f"--train_on_val=True: only for autodo_* methods (a table with a row per "
+                    f"training example); --method={c.method} trains on "
+                    f"{METHODS[c.method]['train_on']!r}, use train_plus_val to train on both")
+    if train_on(c) != "train":
         need(c.ablation == "none", "ablation",
-             f"only 'none' with --method={c.method} (it uses the validation split for training)")
+             f"only 'none' with --method={c.method}"
+             f"{' --train_on_val=True' if c.train_on_val else ''} (it uses the validation "
+             "split for training)")
     if c.ablation == "overfit" and not uses_val_batches(c.method):
         errs.append(f"--ablation=overfit: only changes the validation batches of hyper or "
                     f"look-ahead steps; --method={c.method} has none")
@@ -116,7 +121,7 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
     if c.imbalance_ratio != 1 and num_classes < 2:
         errs.append(f"--imbalance_ratio={c.imbalance_ratio}: needs >= 2 classes")
     rows = {"train": num_train, "val": num_val, "train+val": num_train + num_val}[
-        METHODS[c.method]["train_on"]]
+        train_on(c)]
     if c.batch_size > rows:
         errs.append(f"--batch_size={c.batch_size}: larger than the {rows} training examples of "
                     f"--method={c.method} (after IR/NR/SR); allowed: <= {rows}")

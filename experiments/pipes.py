@@ -75,7 +75,7 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
                 f"smallest shard has {smallest}); allowed: <= {smallest * num_shards}"]) from None
 
     sampler = sampler_of(len(data.train_index), "batch_size", c.batch_size, "training examples", 1)
-    train = pipeline.BatchLoader(src.train, data.train_index, data.train_labels, sampler,
+    train = pipeline.BatchLoader(data.inner, data.train_index, data.train_labels, sampler,
                                  train_tf, seed=derive_seed(c.seed, 2),
                                  shards=parallel.host_shards(mesh, c.batch_size))
     spe = min(sampler.steps_per_epoch, cap or sampler.steps_per_epoch)
@@ -83,9 +83,12 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     hspe = hb = 0
     if cfg_lib.has_hyper_steps(c.method):
         hb = cfg_lib.hyper_batch_size(c, split.num_train, int(split.val_index.size), num_shards)
-        hs = sampler_of(split.num_train, "hyper_batch_size", hb, "train rows", 3)
+        # every table row takes hyper steps: the train rows, and with --train_on_val the
+        # validation rows after them (one row layout for inner and hyper batches)
+        hs = sampler_of(len(data.train_index), "hyper_batch_size", hb, "train rows", 3)
         hyper_shards = parallel.host_shards(mesh, hb)
-        hyper_train = pipeline.TrainLoader(src, split, hs, train_tf, derive_seed(c.seed, 4),
+        hyper_train = pipeline.BatchLoader(data.inner, data.train_index, data.train_labels, hs,
+                                           train_tf, seed=derive_seed(c.seed, 4),
                                            shards=hyper_shards)
         vs = sampler_of(int(split.val_index.size), "hyper_batch_size", hb, "validation examples", 5)
         hyper_val = pipeline.ValLoader(src, split, vs, eval_tf, derive_seed(c.seed, 6),

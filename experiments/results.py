@@ -80,7 +80,7 @@ def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
 _CELL_FIELDS = ("dataset", "model", "method", "imbalance_ratio", "noise_ratio", "seed")
 #: Settings that make a *row variant* of a method (e.g. val_only with the augmentation
 #: AutoDO starts from) instead of another table.
-ROW_FIELDS = ("host_policy", "init_warp")
+ROW_FIELDS = ("host_policy", "init_warp", "train_on_val")
 
 
 def row_key(config: dict[str, Any]) -> str:

@@ -55,6 +55,8 @@ class Data:
         train on (the split's train rows; the validation examples for val_only; both for
         train_plus_val, validation rows appended after the train rows).
       has_val: a held-out validation split exists for model selection.
+      inner: the random-access split ``train_index`` indexes (``source.train``, or train
+        then a separately given validation split, see ``inner_examples``).
     """
     source: Any
     split: distortion.Split
@@ -62,6 +64,7 @@ class Data:
     train_index: np.ndarray
     train_labels: np.ndarray
     has_val: bool
+    inner: Any
 
 
 def distortion_config(config: cfg_lib.Config) -> distortion.DistortionConfig:
@@ -96,22 +99,35 @@ def load_data(config: cfg_lib.Config) -> Data:
         split = distortion.make_split(source, dcfg)
     except ValueError as err:
         raise ConfigError([_flag_prefixed(" ".join(str(err).split()), f"--dataset={c.dataset}")]) from None
-    train_on = cfg_lib.METHODS[c.method]["train_on"]
+    train_on = cfg_lib.train_on(c)
     if source.test is None and train_on != "train":
         raise ConfigError([f"--method={c.method}: trains on the validation split, and "
                            f"--dataset={c.dataset} has no test set to evaluate on; add one "
                            "(test/ or x_test, y_test) or use another method"])
     source = distortion.with_test_fallback(source, split)
-    if train_on == "val":
-        index, labels = split.val_index, split.val_labels
-    elif train_on == "train+val":
-        index = np.concatenate([split.train_index, split.val_index])
-        labels = np.concatenate([split.train_labels, split.val_labels])
-    else:
-        index, labels = split.train_index, split.train_labels
+    inner, index, labels = inner_examples(source, split, train_on)
     has_val = train_on == "train" and c.ablation != "oversplit"
     return Data(source, split, dcfg, np.asarray(index, np.int64), np.asarray(labels, np.int32),
-                has_val)
+                has_val, inner)
+
+
+def inner_examples(source: Any, split: distortion.Split,
+                   train_on: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``(source split, index (R,), labels (R,))`` of the rows the inner steps train on:
+    the split's train rows, its validation examples, or both (validation rows after the
+    train rows). The validation examples are read from the split they live in: the train
+    split, or one the source gives apart (user data with val/ or x_val; then "train+val"
+    reads a ``sources.ConcatSplit`` of the two)."""
+    if train_on == "train":
+        return source.train, split.train_index, split.train_labels
+    val_data = distortion.val_source(source, split)
+    if train_on == "val":
+        return val_data, split.val_index, split.val_labels
+    data, offset = source.train, 0
+    if val_data is not source.train:
+        data, offset = sources.ConcatSplit(source.train, val_data), len(source.train)
+    return (data, np.concatenate([split.train_index, np.asarray(split.val_index) + offset]),
+            np.concatenate([split.train_labels, split.val_labels]))
 
 
 def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
@@ -138,7 +154,7 @@ def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
 
 def class_coverage_error(config: cfg_lib.Config, data: Data) -> str | None:
     """Why training cannot cover every class (a class without any train example), or None."""
-    split, train_on = data.split, cfg_lib.METHODS[config.method]["train_on"]
+    split, train_on = data.split, cfg_lib.train_on(config)
     clean = {"train": [split.train_clean_labels], "val": [split.val_labels],
              "train+val": [split.train_clean_labels, split.val_labels]}[train_on]
     counts = np.bincount(np.concatenate(clean).astype(np.int64), minlength=split.num_classes)

@@ -257,10 +257,11 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def init_state(self) -> train.TrainState:
         """A fresh state: model variables (seeded by the run's seed), optimizer states and
-        the method's table for the split's train labels, placed on the mesh."""
+        the method's table for the rows the inner steps train on (the split's train rows,
+        then with --train_on_val the validation rows), placed on the mesh."""
         cfg = self.step_cfg
         table = train.autodo_table_init(
-            np.asarray(self.data.split.train_labels), cfg.num_classes, aug=cfg.learn_aug,
+            np.asarray(self.data.train_labels), cfg.num_classes, aug=cfg.learn_aug,
             shared_aug=cfg.shared_aug, weight=cfg.learn_weight, soft=cfg.learn_soft)
         return train.create_train_state(jax.random.key(derive_seed(self.c.seed, 7)), cfg, table,
                                         tuple(self.data.source.image_shape), mesh=self.mesh)
@@ -269,7 +270,7 @@ class Trainer:
         """The newest good checkpoint as (state, progress), or None; a checkpoint of
         another structure is refused (ConfigError) and nothing is moved."""
         try:
-            restored = self.ckpt.restore_latest(state, num_rows=self.data.split.num_train)
+            restored = self.ckpt.restore_latest(state, num_rows=len(self.data.train_index))
         except CheckpointMismatchError as err:
             raise ConfigError([f"--workdir={self.workdir}: {err}; use another --workdir "
                                "(nothing was changed)"]) from None

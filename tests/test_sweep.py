@@ -24,6 +24,7 @@ def test_public_grid_has_every_cell_once():
     assert [r.config.seed for r in runs[:len(runs) // 3]] == [0] * (len(runs) // 3)  # seed-major
     variants = {results.row_key(r.config.to_dict()) for r in runs}
     assert "val_only[host_policy=color_subset, init_warp=True]" in variants
+    assert "autodo_aws[train_on_val=True]" in variants
     assert {"none", "randaugment", "autodo_fixed", "autodo_aw", "autodo_aws", "val_only",
             "train_plus_val", "trivialaugment", "l2rw", "mwn"} <= variants
     assert {r.config.val_size for r in runs} == {100, 500}
@@ -33,7 +34,8 @@ def test_grid_filters_and_bad_input():
     preset = sweep.PRESETS["mnist5k_grid"]
     runs = sweep.grid(preset, "root", methods=["autodo_aws", "none"], settings=["10-0.2"],
                       val_sizes=[500], seeds=[0], overrides={"epochs": 20})
-    assert [r.config.method for r in runs] == ["none", "autodo_aws"]
+    assert [r.config.method for r in runs] == ["none", "autodo_aws", "autodo_aws"]
+    assert [r.config.train_on_val for r in runs] == [False, False, True]  # both variants
     assert all(r.config.epochs == 20 and r.config.imbalance_ratio == 10 for r in runs)
     assert "--epochs=20" in runs[0].flags() and runs[0].flags()[-1].startswith("--workdir=root/")
     with pytest.raises(ValueError, match="--settings"):

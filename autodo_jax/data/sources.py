@@ -137,6 +137,54 @@ class SubsetSplit:
         return self._base.train_images(self._index[_as_index(idx, len(self))], rng)
 
 
+class ConcatSplit:
+    """Two random-access splits one after the other: example i < len(first) is ``first``'s
+    i, the rest are ``second``'s ``i - len(first)`` (e.g. the train split, then a given
+    validation split, for methods that train on both).
+
+    Args:
+        first, second: random-access splits (``images``, ``train_images``, ``labels``,
+            ``clean_labels``, ``image_shape``) with the same image shape.
+    """
+
+    def __init__(self, first: Any, second: Any):
+        if tuple(first.image_shape) != tuple(second.image_shape):
+            raise ValueError(f"the splits' image shapes differ: {tuple(first.image_shape)} "
+                             f"and {tuple(second.image_shape)}")
+        self._parts = (first, second)
+        self._offset = len(first)
+        self.labels = np.concatenate([np.asarray(first.labels, np.int64),
+                                      np.asarray(second.labels, np.int64)])
+        self.clean_labels = np.concatenate([np.asarray(first.clean_labels, np.int64),
+                                            np.asarray(second.clean_labels, np.int64)])
+        self.image_shape = tuple(first.image_shape)
+
+    def __len__(self) -> int:
+        return self._offset + len(self._parts[1])
+
+    def _gather(self, idx: Any, read) -> np.ndarray:
+        index = _as_index(idx, len(self))
+        second = index >= self._offset
+        out = None
+        for part, mask, shift in ((0, ~second, 0), (1, second, self._offset)):
+            if mask.any():
+                images = read(self._parts[part], index[mask] - shift)
+                if out is None:
+                    out = np.empty((index.size,) + images.shape[1:], images.dtype)
+                out[mask] = images
+        if out is None:
+            return np.empty((0,) + self.image_shape, np.uint8)
+        return out
+
+    def images(self, idx: Any) -> np.ndarray:
+        """uint8 (n, H, W, C) images at ``idx``, from whichever split holds each."""
+        return self._gather(idx, lambda part, i: part.images(i))
+
+    def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
+        """As ``images``, through each split's ``train_images`` (random decoding)."""
+        return self._gather(idx, lambda part, i: part.train_images(i, rng))
+
+
 class _RecordReader:
     """Random access over one or more TFDS data sources laid end to end."""
 
