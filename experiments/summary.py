@@ -94,6 +94,22 @@ def weight_auc(lambda_w: np.ndarray, noisy: np.ndarray) -> float:
     return auc(np.asarray(lambda_w, np.float64).reshape(-1), ~np.asarray(noisy, bool))
 
 
+def appended_rows_weights(weights: np.ndarray, num_train: int) -> dict[str, float]:
+    """Mean learned loss weight of the first ``num_train`` rows (the train split) and of
+    the rows after them (the clean validation examples that ``--train_on_val`` appends):
+    how much the run learned to trust the clean split; {} when no rows are appended.
+
+    Args:
+      weights: (R,) loss weights ``w = loss_weight(λ_W)`` of every table row.
+      num_train: N <= R, the train rows.
+    """
+    weights = np.asarray(weights, np.float64).reshape(-1)
+    if weights.size <= num_train:
+        return {}
+    return {"weight_mean_train_rows": float(weights[:num_train].mean()),
+            "weight_mean_val_rows": float(weights[num_train:].mean())}
+
+
 def soft_label_stats(soft_logits: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     """How the learned soft labels relate to the truth.
 

@@ -46,7 +46,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from autodo_jax import augment, parallel, train
+from autodo_jax import augment, losses, parallel, train
 from autodo_jax.data import pipeline
 from experiments import artifacts, run_setup, summary as summary_lib, workdir_lock
 from experiments import config as cfg_lib
@@ -335,7 +335,12 @@ class Trainer:
     def finish(self, state, prog: Progress) -> dict[str, Any]:
         c, split, src = self.c, self.data.split, self.data.source
         learned = cfg_lib.METHODS[c.method]["learn"]
-        table = host_table(state, split.num_train) if learned else None
+        rows = host_table(state, len(self.data.train_index)) if learned else None
+        table = None if rows is None else {      # the train split's rows
+            k: v if v.shape[0] == 1 else v[:split.num_train] for k, v in rows.items()}
+        appended = ({} if rows is None or "weight" not in rows else
+                    summary_lib.appended_rows_weights(
+                        np.asarray(losses.loss_weight(rows["weight"])), split.num_train))
         if table is not None and self.is_main:
             artifacts.save_final_table(
                 self.workdir, table, given_labels=split.train_labels,
@@ -357,7 +362,7 @@ class Trainer:
                    "host_policy": run_setup.host_policy(c),
                    "hyper_batch_size": self.pipes.hyper_batch_size,
                    "workdir": os.path.abspath(self.workdir), **prog.skipped_totals(),
-                   **src.notes(), **mwn_curve(state)})
+                   **appended, **src.notes(), **mwn_curve(state)})
         if self.is_main:
             artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
         return out

@@ -133,3 +133,21 @@ def test_any_tfds_image_classification_name():
         "generic", 0.1, 10, (28, 28, 1))
     with pytest.raises(ValueError, match="not an image-classification dataset"):
         sources.load_source("imdb_reviews")
+
+
+def test_concat_split_reads_each_example_from_its_part():
+    a = sources.ArraySplit(np.arange(3 * 4).reshape(3, 2, 2, 1).astype(np.uint8), [0, 1, 0])
+    b = sources.ArraySplit(np.full((2, 2, 2, 1), 200, np.uint8), [1, 1], clean_labels=[0, 1])
+    both = sources.ConcatSplit(a, b)
+    assert len(both) == 5 and both.image_shape == (2, 2, 1)
+    np.testing.assert_array_equal(both.labels, [0, 1, 0, 1, 1])
+    np.testing.assert_array_equal(both.clean_labels, [0, 1, 0, 0, 1])
+    idx = [4, 0, 3, 2]
+    expected = np.stack([b.images([1])[0], a.images([0])[0], b.images([0])[0], a.images([2])[0]])
+    np.testing.assert_array_equal(both.images(idx), expected)
+    np.testing.assert_array_equal(both.train_images(idx, np.random.default_rng(0)), expected)
+    assert both.images([]).shape == (0, 2, 2, 1)
+    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+        both.images([5])
+    with pytest.raises(ValueError, match="image shapes differ"):
+        sources.ConcatSplit(a, sources.ArraySplit(np.zeros((1, 3, 3, 1), np.uint8), [0]))

@@ -62,6 +62,9 @@ def test_choices_are_the_library_names():
     (dict(method="autodo_aws", mwn_normalize=True), "--mwn_normalize"),
     (dict(method="autodo_aws", reweight_scope="head"), "--reweight_scope"),
     (dict(method="trivialaugment", ablation="overfit"), "--ablation"),
+    (dict(method="train_plus_val", train_on_val=True), "--train_on_val"),
+    (dict(method="l2rw", train_on_val=True), "--train_on_val"),
+    (dict(train_on_val=True, ablation="overfit"), "--ablation"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
     errs = config_checks.static_errors(cfg_lib.Config().replace(**changes))

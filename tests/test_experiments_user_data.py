@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from autodo_jax import parallel
 from experiments import artifacts, config as cfg_lib, config_checks, run_setup, trainer, visualize
+from experiments.pipes import build_pipes
 from experiments.metric_writer import read_metrics
 from test_experiments_train import REPO, TINY
 
@@ -144,6 +146,49 @@ def test_user_data_setting_errors(tmp_path):
     data = run_setup.load_data(cfg_lib.Config(**dict(AS_GIVEN, dataset=npz, image_size="32x30")))
     assert data.source.image_shape == (32, 30, 1) and data.split.val_from == "val"
     assert data.source.test_from == "val" and len(data.source.test) == VAL
+
+
+@pytest.mark.slow
+def test_train_on_val_learns_a_row_for_every_clean_example(tmp_path):
+    """--train_on_val: the clean examples are table rows after the train rows; hyper steps
+    move their λ too (mean weight off its initial 1), and the saved table and the noise
+    metrics keep to the train rows."""
+    dataset = _save_npz(tmp_path / "data.npz")
+    s = _run(tmp_path / "wd", dataset, train_on_val=True, hyper_batch_size=VAL)
+    assert s["num_train"] == ROWS and s["hyper_images"] == VAL * 2
+    assert s["weight_mean_val_rows"] != 1.0 and s["weight_mean_train_rows"] != 1.0
+    assert s["selected_epochs"]["val_selected"] is None   # the clean split was trained on
+    table = artifacts.load_final_table(str(tmp_path / "wd"))
+    assert table["weight"].shape == (ROWS,) and table["soft"].shape == (ROWS, CLASSES)
+
+
+def test_methods_that_train_on_val_read_the_given_val_images(tmp_path):
+    """val_only, train_plus_val and --train_on_val read a validation split that the data
+    gives apart from train (x_val) from there, not train images at the same indices; the
+    hyper batches of --train_on_val draw the appended validation rows too."""
+    npz = _save_npz(tmp_path / "d.npz")
+    x, y = _digits(ROWS, 0)
+    xv, yv = _digits(VAL, 1)
+    for method, changes in (("val_only", {}), ("train_plus_val", {}),
+                            ("autodo_aws", {"train_on_val": True}), ("autodo_aws", {})):
+        config = cfg_lib.Config(**dict(AS_GIVEN, dataset=npz, method=method, **changes))
+        data = run_setup.load_data(config)
+        split = data.split
+        train_part = (x[split.train_index], y[split.train_index])
+        val_part = (xv[split.val_index], yv[split.val_index])
+        parts = {"val": [val_part], "train": [train_part],
+                 "train+val": [train_part, val_part]}[cfg_lib.train_on(config)]
+        np.testing.assert_array_equal(data.inner.images(data.train_index)[..., 0],
+                                      np.concatenate([p[0] for p in parts]))
+        np.testing.assert_array_equal(data.train_labels, np.concatenate([p[1] for p in parts]))
+        assert data.has_val == (cfg_lib.train_on(config) == "train")
+    mesh = parallel.make_mesh(1)
+    pipes = build_pipes(config.replace(train_on_val=True), run_setup.load_data(
+        config.replace(train_on_val=True)), mesh)
+    ids = np.concatenate([pipes.hyper_train.batch(0, j)["ids"]
+                          for j in range(pipes.hyper_train.steps_per_epoch)])
+    assert len(set(ids.tolist())) == ids.size and ids.max() < ROWS + VAL
+    assert (ids >= ROWS).sum() >= VAL - pipes.hyper_batch_size   # the validation rows too
 
 
 def test_workdir_names_and_image_size_flag():
