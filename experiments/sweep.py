@@ -70,7 +70,8 @@ PRESETS: dict[str, Preset] = {
         val_sizes=(100, 500),
         seeds=(0, 1, 2),
         methods=(("none", {}), ("randaugment", {}), ("autodo_fixed", {}), ("autodo_aw", {}),
-                 ("autodo_aws", {}), ("autodo_aws", {"train_on_val": True}),
+                 ("autodo_aws", {}), ("autodo_aw", {"train_on_val": True}),
+                 ("autodo_aws", {"train_on_val": True}),
                  ("val_only", {}), ("val_only", AUTODO_START_AUG),
                  ("train_plus_val", {}), ("train_plus_val", AUTODO_START_AUG),
                  # competitors (issue 13), AutoDO's budget (epochs, batch, lr); host: the
