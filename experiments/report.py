@@ -124,18 +124,19 @@ def _target_line(cell: tuple, rows: dict[str, float], noise: dict) -> str:
               if r != TARGET_METHOD and r not in rivals and r not in variants}
     where = ", ".join((cell[0], cell[1]) + cell[2] + (f"IR-NR {cell[3]}",))
     verdicts = []
-    if rivals:
-        best = max(rivals, key=rivals.get)
-        for name, acc in ((TARGET_METHOD, ours), *variants.items()):
+    for name, acc in ((TARGET_METHOD, ours), *variants.items()):
+        label = "" if name == TARGET_METHOD else f"{results.row_label(name)} "
+        if rivals:
+            best = max(rivals, key=rivals.get)
             a, b = _distinct(acc, rivals[best])
-            label = "" if name == TARGET_METHOD else f"{results.row_label(name)} "
             verdicts.append(f"{label}best of the baselines: "
                             f"{'met' if acc > rivals[best] else 'MISSED'}"
                             f" ({a} vs {results.row_label(best)} {b})")
-    if "autodo_aw" in rows:
-        a, b = _distinct(ours, rows["autodo_aw"])
-        verdicts.append(f"beats λ^{{A,W}}: {'met' if ours > rows['autodo_aw'] else 'MISSED'}"
-                        f" ({a} vs {b})")
+        aw = "autodo_aw" + name[len(TARGET_METHOD):]   # λ^{A,W} with the same variant
+        if aw in rows:
+            a, b = _distinct(acc, rows[aw])
+            verdicts.append(f"{label}beats λ^{{A,W}}: {'met' if acc > rows[aw] else 'MISSED'}"
+                            f" ({a} vs {b})")
     stats = noise.get(cell[:3], {}).get((TARGET_METHOD, cell[3]), {})
     fixed = stats.get("soft_label_noisy_fixed_fraction")
     kept = stats.get("soft_label_clean_kept_fraction")
