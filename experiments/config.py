@@ -176,8 +176,8 @@ class Config:
     train_on_val: bool = _f(
         False, "autodo_*: the inner steps also train on the clean validation split, as "
         "train_plus_val does: its examples are appended to the train rows, each with its own "
-        "λ row learned like every other; the hyper loss stays on the same clean split. Off: "
-        "the paper's protocol (the clean split only guides λ).")
+        "λ row learned like every other (autodo_fixed: kept at init); the hyper loss stays on "
+        "the same clean split. Off: the paper's protocol (the clean split only guides λ).")
     upsample: int = _f(1, "Super-sampling factor of the learned warp (the original: 4).")
     mwn_lr: float = _f(1e-3, "mwn: Adam learning rate of the Meta-Weight-Net MLP (constant; "
                              "the authors' noisy-label code).")

@@ -59,7 +59,7 @@ def load_run(workdir: str) -> dict[str, Any]:
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
     run = trainer.Trainer(config, workdir, data, mesh, pipes, step_cfg, log=lambda m: None)
-    restored = run.ckpt.restore_latest(run.init_state())
+    restored = run.ckpt.restore_latest(run.init_state(), num_rows=len(data.train_index))
     run.ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"{workdir}: no readable checkpoint")
@@ -193,6 +193,9 @@ def probe(run: dict[str, Any]) -> dict[str, Any]:
         "weight_auc_now": _auc(w, ~noisy),
         "variants": {},
     }
+    if run["config"].train_on_val:   # the run's inner loss also covers the V clean rows
+        report["note"] = ("--train_on_val run: the Hessian and hypergradients here cover the "
+                          f"{n} train rows only, not the clean rows the model also trained on")
     # dℓ/dz for the λ_W closed form.
     log_q, log_p = np.log(q), np.log(p)
     dz = p - q

@@ -101,9 +101,11 @@ def load_data(config: cfg_lib.Config) -> Data:
         raise ConfigError([_flag_prefixed(" ".join(str(err).split()), f"--dataset={c.dataset}")]) from None
     train_on = cfg_lib.train_on(c)
     if source.test is None and train_on != "train":
-        raise ConfigError([f"--method={c.method}: trains on the validation split, and "
+        flag, other = (("--train_on_val=True", "leave the flag off") if c.train_on_val
+                       else (f"--method={c.method}", "use another method"))
+        raise ConfigError([f"{flag}: trains on the validation split, and "
                            f"--dataset={c.dataset} has no test set to evaluate on; add one "
-                           "(test/ or x_test, y_test) or use another method"])
+                           f"(test/ or x_test, y_test) or {other}"])
     source = distortion.with_test_fallback(source, split)
     inner, index, labels = inner_examples(source, split, train_on)
     has_val = train_on == "train" and c.ablation != "oversplit"

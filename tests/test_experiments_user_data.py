@@ -134,6 +134,8 @@ def test_user_data_setting_errors(tmp_path):
         "--val_size=5: not allowed when the dataset gives its own validation split")
     assert _prepare_error(wd, dataset=npz, method="val_only", symmetric_kl="auto").startswith(
         f"--method=val_only: trains on the validation split, and --dataset={npz} has no test")
+    assert _prepare_error(wd, dataset=npz, train_on_val=True).endswith(
+        "(test/ or x_test, y_test) or leave the flag off")
     assert _prepare_error(wd, dataset=npz, ablation="overfit").startswith(
         "--ablation=overfit: validates on the test split")
     assert _prepare_error(wd, dataset=npz, model="resnet18").startswith(
