@@ -82,7 +82,7 @@ def noise_markdown(runs: Sequence[dict[str, Any]]) -> str:
 #: the best mean final-epoch test accuracy of these rows (every variant of each method),
 #: soft labels fixing >= 25 % of the noisy labels while keeping >= 98 % of the clean ones,
 #: and loss weights ranking clean above noisy with AUC >= 0.95. A row variant of the method
-#: (``autodo_aws[train_on_val=True]``) is judged against the same rows in the same bullet.
+#: (``autodo_aws[train_on_val=True]``) is judged on the same targets in a nested bullet.
 TARGET_METHOD = "autodo_aws"
 TARGET_RIVALS = ("none", "randaugment", "autodo_fixed", "autodo_aw", "val_only",
                  "train_plus_val")

@@ -73,11 +73,13 @@ def _fmt_time(s: float) -> str:
 def host_table(state: train.TrainState, num_rows: int) -> dict[str, np.ndarray]:
     """The learned table on every host (gathered across processes: a collective), padding
     rows removed: {name: (N|1, ...)}."""
-    out = {}
-    for k, v in parallel.fetch(state.table).items():
-        v = np.asarray(v)
-        out[k] = v if v.shape[0] == 1 else v[:num_rows]
-    return out
+    return first_rows({k: np.asarray(v) for k, v in parallel.fetch(state.table).items()},
+                      num_rows)
+
+
+def first_rows(table: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray]:
+    """The first ``num_rows`` rows of every per-example field (a shared row stays whole)."""
+    return {k: v if v.shape[0] == 1 else v[:num_rows] for k, v in table.items()}
 
 
 class Trainer:
@@ -336,8 +338,7 @@ class Trainer:
         c, split, src = self.c, self.data.split, self.data.source
         learned = cfg_lib.METHODS[c.method]["learn"]
         rows = host_table(state, len(self.data.train_index)) if learned else None
-        table = None if rows is None else {      # the train split's rows
-            k: v if v.shape[0] == 1 else v[:split.num_train] for k, v in rows.items()}
+        table = None if rows is None else first_rows(rows, split.num_train)   # train split
         appended = ({} if rows is None or "weight" not in rows else
                     summary_lib.appended_rows_weights(
                         np.asarray(losses.loss_weight(rows["weight"])), split.num_train))
