@@ -1,17 +1,21 @@
-"""Implicit-function-theorem hypergradients: ``hypergrad`` and its inverse-curvature solvers.
+"""Implicit-function-theorem hypergradients: ``hypergrad``, ``stationary_point`` and solvers.
 
-Pure functions over arbitrary pytrees; imports nothing else from ``autodo_jax``.
+Pure functions over arbitrary pytrees; imports nothing else from ``autodo_jax`` and
+neither Flax nor the models (``import autodo_jax.implicit`` needs jax and chex only).
 
-    >>> grads, info = hypergrad(train_loss, val_loss, params, hparams, tb, vb,
-    ...                         solver=cg(20), curvature="hessian")
+    >>> grads, info = hypergrad(train_loss, val_loss, params, hparams, tb, vb)
+    >>> fit = stationary_point(train_loss)(my_inner_loop)  # jax.grad flows through fit
 
-See :func:`hypergrad` for the sign and scale conventions, and the solver builders
-:func:`identity`, :func:`neumann`, :func:`cg`, :func:`nystrom`.
+See :func:`hypergrad` for the sign and scale conventions, :func:`stationary_point` for
+your own inner solver, and the solver builders :func:`cg` (the default), :func:`neumann`,
+:func:`nystrom`, :func:`identity`; docs/solvers.md says which to choose.
 """
 from autodo_jax._src.implicit.curvature import CURVATURES, MODES
 from autodo_jax._src.implicit.hypergrad import HypergradInfo, hypergrad
+from autodo_jax._src.implicit.root import stationary_point
 from autodo_jax._src.implicit.solvers import (
     CG,
+    DEFAULT_SOLVER,
     NEUMANN_SCALES,
     Identity,
     Neumann,
@@ -21,11 +25,13 @@ from autodo_jax._src.implicit.solvers import (
     identity,
     neumann,
     nystrom,
+    power_max_eigenvalue,
 )
 
 __all__ = [
     "CG",
     "CURVATURES",
+    "DEFAULT_SOLVER",
     "HypergradInfo",
     "Identity",
     "MODES",
@@ -38,4 +44,6 @@ __all__ = [
     "identity",
     "neumann",
     "nystrom",
+    "power_max_eigenvalue",
+    "stationary_point",
 ]

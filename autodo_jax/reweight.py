@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from autodo_jax._src.implicit import tree as T
-from autodo_jax._src.implicit.hypergrad import _check_output
+from autodo_jax._src.implicit.checks import check_output
 
 PyTree = Any
 PerExampleLoss = Callable[[PyTree, PyTree], Any]   # (params, batch) -> (B,) | ((B,), aux)
@@ -74,10 +74,10 @@ def _validate(per_example_loss, val_loss, params, train_batch, val_batch, has_au
         if not callable(fn):
             raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}")
     losses_only = (lambda p, b: per_example_loss(p, b)[0]) if has_aux else per_example_loss
-    _check_output(losses_only, "per_example_loss", "(params, train_batch)",
-                  (params, train_batch), "vector", culprit="params")
-    _check_output(val_loss, "val_loss", "(params, val_batch)", (params, val_batch),
-                  "scalar", culprit="params")
+    check_output(losses_only, "per_example_loss", "(params, train_batch)",
+                 (params, train_batch), "vector", culprit="params")
+    check_output(val_loss, "val_loss", "(params, val_batch)", (params, val_batch),
+                 "scalar", culprit="params")
 
 
 def lookahead(

@@ -157,7 +157,10 @@ class Config:
     rmsprop_decay: float = _f(0.99, "RMSprop second-moment decay (per row visit for "
                                     "rmsprop_local, per hyper step for rmsprop_global).")
     solver: str = _f("neumann", "Inverse-curvature solver.", choices=train.SOLVERS)
-    solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank).")
+    solver_iters: int = _f(5, "Solver iterations (Neumann terms J, CG steps, Nystrom rank); "
+                              "the maximum when --solver_tol > 0.")
+    solver_tol: float = _f(0.0, "Relative-residual tolerance of the neumann and cg solvers "
+                                "(0 = always solver_iters, the paper's fixed J).")
     neumann_alpha: float = _f(0.01, "Neumann step alpha.")
     neumann_scale: str = _f("ift", "Neumann scale: ift (exact) | original (no alpha prefactor).",
                             choices=implicit.NEUMANN_SCALES)
@@ -285,6 +288,7 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
         rmsprop_decay=c.rmsprop_decay, soft_norm=c.soft_norm, implicit_theta=c.implicit_theta,
         hyper_warmup_steps=int(round(min(c.warmup_epochs, hyper_epochs) * hyper_steps_per_epoch)),
         hyper_total_steps=hyper_total, solver=c.solver, solver_iters=c.solver_iters,
+        solver_tol=c.solver_tol,
         nystrom_rank=c.solver_iters, neumann_alpha=c.neumann_alpha,
         neumann_scale=c.neumann_scale, curvature=c.curvature, reweight=reweights(c.method),
         mwn_lr=c.mwn_lr, mwn_normalize=c.mwn_normalize, reweight_scope=c.reweight_scope)

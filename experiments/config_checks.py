@@ -49,6 +49,8 @@ def static_errors(config: Config) -> list[str]:
     for name in ("learning_rate", "hyper_lr", "neumann_alpha", "mwn_lr"):
         v = getattr(c, name)
         need(math.isfinite(v) and v > 0, name, "allowed: a finite number > 0")
+    need(math.isfinite(c.solver_tol) and c.solver_tol >= 0, "solver_tol",
+         "allowed: a finite number >= 0")
     need(0 <= c.momentum < 1, "momentum", "allowed: 0 <= momentum < 1")
     need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "allowed: 0 <= decay < 1")
     if c.soft_norm == "row" and c.table_optimizer != "rmsprop_local":

@@ -218,9 +218,9 @@ def test_gauss_newton_equals_hessian_for_linear_head_under_softmax_ce():
         @jax.jit
         def run(head, hp, directions):
             loss = lambda th, lam: head_train_loss(th, lam, tb)
-            _, hvp, _ = curv.train_derivatives(loss, head, hp, "joint")
-            gnvp = curv.gauss_newton_product(lambda th: head_logits(th, hp, tb),
-                                             lambda z: head_output_loss(z, hp, tb), head)
+            _, _, hvp, _ = curv.train_derivatives(loss, head, hp, "joint")
+            gnvp, _ = curv.gauss_newton_product(lambda th: head_logits(th, hp, tb),
+                                                lambda z: head_output_loss(z, hp, tb), head)
             products = [(gnvp(w), hvp(w)) for w in directions]
             return products, [hypergrad(head_train_loss, head_val_loss, head, hp, tb, vb,
                                         curvature=c, **kwargs)[0]
@@ -247,9 +247,9 @@ def test_empirical_fisher_matches_dense_outer_products():
             v = flat(jax.grad(head_val_loss)(head, vb))
             u = jnp.linalg.solve(fisher + damping * jnp.eye(v.size), v)
             loss = lambda th, lam: head_train_loss(th, lam, tb)
-            ref = curv.train_derivatives(loss, head, hp, "joint")[2](unravel(u))
+            ref = curv.train_derivatives(loss, head, hp, "joint")[3](unravel(u))
             out = hypergrad(head_train_loss, head_val_loss, head, hp, tb, vb,
-                            solver=cg(60, damping),
+                            solver=cg(60, damping, tol=0.0),
                             curvature="empirical_fisher", per_example_loss=head_per_example)
             return jax.tree_util.tree_map(jnp.negative, ref), out
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from autodo_jax import implicit
 from autodo_jax.implicit import CURVATURES, cg, hypergrad, identity, neumann
 
 
@@ -87,8 +88,9 @@ def test_grad_through_hypergrad_matches_finite_differences():
         direction = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape)), hparams)
 
         @jax.jit
-        def phi(hp, p):  # a scalar function of the hypergradient
-            grads, _ = hypergrad(train_loss, val_loss, p, hp, tb, vb, solver=cg(6))
+        def phi(hp, p):  # a scalar function of the hypergradient; H + 1.5 I is SPD here
+            solver = cg(100, damping=1.5, tol=1e-13)
+            grads, _ = hypergrad(train_loss, val_loss, p, hp, tb, vb, solver=solver)
             return sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grads),
                                                       jax.tree_util.tree_leaves(probe)))
 
@@ -139,6 +141,57 @@ def test_non_finite_inputs_are_flagged():
     assert not bool(solve(tb, bad_val).finite)
     bad_train = (tb[0], tb[1].at[3].set(jnp.inf))
     assert not bool(solve(bad_train, vb).finite)
+    info = solve(tb, bad_val)  # a NaN in: the numbers that depend on it read NaN, never 0
+    assert np.isnan(float(info.val_grad_norm)) and np.isnan(float(info.residual))
+    assert np.isnan(float(info.grad_divergence)) and np.isfinite(float(info.train_grad_norm))
+
+
+def test_structurally_zero_mixed_derivative_is_flagged():
+    params, hparams, tb, vb = _problem()
+    run = lambda loss: hypergrad(loss, val_loss, params, hparams, tb, vb)
+    grads, info = run(train_loss)
+    assert int(info.unused_hparams) == 0
+    grads, info = run(lambda p, h, b: val_loss(p, b) + 0.1 * jnp.sum(h["w"]))
+    assert int(info.unused_hparams) == 3  # w only shifts the loss: no θ-gradient through it
+    assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads))
+    _, info = run(lambda p, h, b: train_loss(p, {**h, "t": [jnp.asarray(-1.0)]}, b))
+    assert int(info.unused_hparams) == 1  # "t" replaced by a constant
+
+
+def test_gauss_newton_split_that_drops_a_term_is_measured():
+    with jax.enable_x64(True):
+        params, hparams, tb, vb = _problem(dtype=jnp.float64)
+        outputs = lambda p, h, b: (_predict(p, b[0] + jnp.sum(h["e"])), p)
+        def output_loss(out, h, b):
+            pred, p = out
+            l2 = jnp.exp(h["t"][0]) * sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(p))
+            return jnp.mean(h["w"] * (pred - b[1]) ** 2) + 0.5 * l2
+        kw = dict(curvature="gauss_newton", solver=cg(100, 1.5, 1e-12))
+        _, info = hypergrad(train_loss, val_loss, params, hparams, tb, vb,
+                            train_outputs=outputs, output_loss=output_loss, **kw)
+        assert float(info.loss_gap) < 1e-12
+        _, info = hypergrad(train_loss, val_loss, params, hparams, tb, vb,  # L2 term dropped
+                            train_outputs=lambda p, h, b: outputs(p, h, b)[0],
+                            output_loss=lambda z, h, b: jnp.mean(h["w"] * (z - b[1]) ** 2), **kw)
+        assert float(info.loss_gap) > 1e-3
+        _, info = hypergrad(train_loss, val_loss, params, hparams, tb, vb, solver=identity())
+        assert np.isnan(float(info.loss_gap))
+
+
+def test_errors_name_the_argument_at_fault():
+    params, hparams, tb, vb = _problem()
+    call = lambda **kw: hypergrad(train_loss, val_loss, kw.pop("params", params), hparams,
+                                  kw.pop("tb", tb), kw.pop("vb", vb), **kw)
+    for builder in (implicit.cg, implicit.neumann, implicit.nystrom, implicit.identity,
+                    implicit.CG, implicit.Neumann):
+        with pytest.raises(ValueError, match=r"builder `\w+` itself; call it"):
+            call(solver=builder)
+    with pytest.raises(ValueError, match="check `train_batch`"):
+        call(tb=(tb[0][:, :2], tb[1]))  # 2 features instead of 3
+    with pytest.raises(ValueError, match="check `val_batch`"):
+        call(vb=(vb[0][:, :2], vb[1]))
+    with pytest.raises(ValueError, match="check `params`"):
+        call(params={**params, "a": params["a"][:2]})
 
 
 def test_bad_input_raises_clear_errors_at_trace_time():
@@ -152,7 +205,7 @@ def test_bad_input_raises_clear_errors_at_trace_time():
     assert CURVATURES == ("hessian", "gauss_newton", "empirical_fisher")
     with pytest.raises(ValueError, match="mode"):
         call(mode="reverse")
-    with pytest.raises(ValueError, match=r"solver.*neumann\(iters, alpha, scale\)"):
+    with pytest.raises(ValueError, match=r"solver.*cg\(iters, damping, tol\)"):
         call(solver="cg")
     with pytest.raises(ValueError, match="iters"):
         call(solver=neumann(-1))
@@ -197,8 +250,20 @@ def test_readme_example_runs():
     val = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
     lam = {"logw": jnp.zeros(64), "l2": jnp.array(-2.0)}
     w = jnp.linalg.lstsq(x, y)[0]
-    step = jax.jit(lambda w, lam: imp.hypergrad(train, val, w, lam, (x, y), (x[:16], y[:16]),
-                                                solver=imp.cg(10)))
+    step = jax.jit(lambda w, lam: imp.hypergrad(train, val, w, lam, (x, y), (x[:16], y[:16])))
     grads, info = step(w, lam)
     lam = jax.tree.map(lambda l, g: l - 0.1 * g, lam, grads)
     assert bool(info.finite) and float(info.residual) < 1e-4 and lam["logw"].shape == (64,)
+
+    @imp.stationary_point(train, solver=imp.cg(tol=1e-10))
+    def fit(lam, batch):
+        return jax.lax.fori_loop(0, 500, lambda _, w: w - 0.1 * jax.grad(train)(w, lam, batch),
+                                 jnp.zeros(5))
+    dval_dlam = jax.grad(lambda lam: val(fit(lam, (x, y)), (x[:16], y[:16])))(lam)
+    # the same as hypergrad at the loop's solution, whose gradient it has driven to ~0
+    w_fit = fit(lam, (x, y))
+    assert float(jnp.linalg.norm(jax.grad(train)(w_fit, lam, (x, y)))) < 1e-4
+    ref, _ = imp.hypergrad(train, val, w_fit, lam, (x, y), (x[:16], y[:16]),
+                           solver=imp.cg(tol=1e-10))
+    for k in ("logw", "l2"):
+        np.testing.assert_allclose(dval_dlam[k], ref[k], rtol=1e-3, atol=1e-6)

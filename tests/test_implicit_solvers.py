@@ -60,10 +60,10 @@ def test_cg_matches_dense_solve(dtype, iters, tol, scale):
     with jax.enable_x64(dtype == jnp.float64):
         a, b = _spd(20, seed=int(10 * scale))
         a = scale * a
-        assert _cg_error(cg(iters), a, b, dtype) < tol
+        assert _cg_error(cg(iters, tol=0.0), a, b, dtype) < tol
         assert _cg_error(cg(5), a, b, dtype) > tol  # truncation is visible, not hidden
         # damping solves (A + d I) x = b
-        x, info = _run(cg(iters, damping=0.3), jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+        x, info = _run(cg(iters, damping=0.3, tol=0.0), jnp.asarray(a, dtype), jnp.asarray(b, dtype))
         assert _rel(x, np.linalg.solve(a + 0.3 * np.eye(20), b)) < tol
         assert float(info.residual) < 10 * tol and bool(info.finite)
 
@@ -73,7 +73,7 @@ def test_mixed_scale_cg_fails_the_dense_check():
         a, b = _spd(20, seed=3)
         for c in (0.1, 10.0):  # the defective CG solves c·A: must fail at these scales
             assert _cg_error(_MixedScaleCG(40, c), c * a, b, jnp.float64) > 0.1
-            assert _cg_error(cg(40), c * a, b, jnp.float64) < 1e-9
+            assert _cg_error(cg(40, tol=0.0), c * a, b, jnp.float64) < 1e-9
 
 
 @pytest.mark.parametrize("iters", [0, 1, 7, 200])
@@ -230,3 +230,75 @@ def test_solver_argument_errors():
     with pytest.raises(TypeError, match="key"):
         nystrom(3, 0.1, 0)
     assert isinstance(identity()(lambda w: w, jnp.ones(2))[1], SolverInfo)
+
+
+def test_cg_stays_converged_far_past_convergence_float32():
+    a, b = _spd(31, seed=0, low=0.1, high=10.0)  # condition number 100
+    x, info = _run(cg(620, tol=0.0), jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    assert _rel(x, np.linalg.solve(a, b)) < 1e-4 and bool(info.finite)
+    assert int(info.iterations) < 620  # stopped at rounding level, and says so
+
+
+def test_cg_tolerance_stops_early_and_counts_honestly():
+    with jax.enable_x64(True):
+        a, b = _spd(40, seed=11, low=0.1, high=10.0)
+        exact = np.linalg.solve(a, b)
+        counts = []
+        for tol in (1e-3, 1e-6, 1e-10):
+            x, info = _run(cg(1000, tol=tol), jnp.asarray(a), jnp.asarray(b))
+            counts.append(int(info.iterations))
+            assert float(info.residual) <= 1.01 * tol  # the true residual meets the tolerance
+            assert _rel(x, exact) <= 100 * tol  # error <= condition number × tol
+        assert counts[0] < counts[1] < counts[2] < 1000
+        _, info = _run(cg(counts[2] - 1, tol=1e-10), jnp.asarray(a), jnp.asarray(b))
+        assert int(info.iterations) == counts[2] - 1 and float(info.residual) > 1e-10
+
+
+def test_grad_through_converged_cg_is_finite_and_exact():
+    d = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    for solver in (cg(10, tol=0.0), cg(10)):
+        solve = lambda v, scale: solver(lambda w: scale * d * w, v)[0]
+        g_b = jax.grad(lambda v: jnp.sum(solve(v, 1.0)))(jnp.ones(5))
+        np.testing.assert_allclose(g_b, 1 / d, rtol=1e-5)
+        # through the operator: d/ds Σ (s·D)⁻¹ 1 = −Σ 1/(s² d)
+        g_s = jax.grad(lambda s: jnp.sum(solve(jnp.ones(5), s)))(1.0)
+        np.testing.assert_allclose(g_s, -np.sum(1 / np.asarray(d)), rtol=1e-5)
+
+
+def test_cg_damping_may_be_traced():
+    a, b = _spd(6, seed=8, low=0.5, high=3.0)
+    am, bm = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    dampings = jnp.array([0.0, 0.5, 2.0])
+    xs = jax.jit(jax.vmap(lambda d: cg(50, d, tol=1e-7)(lambda w: am @ w, bm)[0]))(dampings)
+    for x, d in zip(xs, np.asarray(dampings)):
+        assert _rel(x, np.linalg.solve(a + d * np.eye(6), b)) < 1e-4
+    grad = jax.grad(lambda d: jnp.sum(cg(50, d, tol=1e-7)(lambda w: am @ w, bm)[0]))(0.5)
+    # d/dd Σ (A + dI)⁻¹ b = −Σ (A + dI)⁻² b
+    inv = np.linalg.inv(a + 0.5 * np.eye(6))
+    np.testing.assert_allclose(grad, -np.sum(inv @ inv @ b), rtol=1e-3)
+
+
+def test_neumann_auto_alpha_converges_and_tol_stops():
+    with jax.enable_x64(True):
+        a, b = _spd(20, seed=12, low=0.5, high=20.0)
+        lam = float(implicit.power_max_eigenvalue(lambda w: jnp.asarray(a) @ w,
+                                                  jnp.asarray(b), 50))
+        assert 0.9 * 20.0 < lam <= 20.0 * (1 + 1e-9)  # from below, close
+        x, info = _run(neumann(5000, "auto", tol=1e-9), jnp.asarray(a), jnp.asarray(b))
+        assert _rel(x, np.linalg.solve(a, b)) < 1e-6 and int(info.iterations) < 5000
+        x_fixed, info_fixed = _run(neumann(5, 0.01), jnp.asarray(a), jnp.asarray(b))
+        assert int(info_fixed.iterations) == 5 and float(info_fixed.residual) > 0.5
+    with pytest.raises(ValueError, match='alpha.*"auto"'):
+        neumann(5, "fast")
+
+
+def test_nystrom_bfloat16_params_and_tiny_rho_at_full_rank():
+    a, b = _spd(31, seed=0, low=0.1, high=10.0)
+    x, info = _run(nystrom(31, 1e-2, jax.random.key(0)), jnp.asarray(a, jnp.bfloat16),
+                   jnp.asarray(b, jnp.bfloat16))
+    assert x.dtype == jnp.bfloat16 and bool(info.finite)
+    assert _rel(x, np.linalg.solve(a + 1e-2 * np.eye(31), b)) < 0.1
+    for rank in (31, 40):  # at rank >= P the solve is the dense one, whatever ρ
+        x, info = _run(nystrom(rank, 1e-8, jax.random.key(1)), jnp.asarray(a, jnp.float32),
+                       jnp.asarray(b, jnp.float32))
+        assert _rel(x, np.linalg.solve(a, b)) < 1e-3 and int(info.iterations) == 31

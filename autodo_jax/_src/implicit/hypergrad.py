@@ -7,19 +7,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from autodo_jax._src.implicit import checks
 from autodo_jax._src.implicit import tree as T
-from autodo_jax._src.implicit.curvature import (
-    CURVATURES,
-    MODES,
-    empirical_fisher_product,
-    gauss_newton_product,
-    train_derivatives,
-)
-from autodo_jax._src.implicit.solvers import Neumann, SolverInfo, neumann
+from autodo_jax._src.implicit.curvature import curvature_product, train_derivatives
+from autodo_jax._src.implicit.solvers import DEFAULT_SOLVER, Neumann, SolverInfo
 
 PyTree = Any
-SOLVER_BUILDERS = ("identity()", "neumann(iters, alpha, scale)", "cg(iters, damping)",
-                   "nystrom(rank, rho, key)")
 
 
 class HypergradInfo(NamedTuple):
@@ -36,8 +29,17 @@ class HypergradInfo(NamedTuple):
         has a NaN or Inf.
       neumann_gap: ‖S − (J+1)v‖/‖S‖ with S = Σ_{j=0..J}(I − αH)^j v the unscaled Neumann
         series (0 means the solve equals (J+1)·v, i.e. the identity solver up to scale);
-        NaN for solvers other than ``neumann``.
+        NaN for solvers other than ``neumann`` and for ``alpha="auto"``.
       solution_cosine: cos(u, v); 1 when the solve does not change the direction of v.
+      unused_hparams: int32 number of ``hparams`` leaves that ∇_θ L_train does not depend
+        on at all (read from the program, not the data): their mixed derivative, and so
+        their hypergradient, is structurally zero. Equal to the number of leaves when the
+        train loss ignores ``hparams``.
+      loss_gap: |L̃ − L_train| / |L_train| at θ, with L̃ the train loss as the curvature
+        substitute splits it (output_loss(train_outputs(θ)) for "gauss_newton", the mean of
+        per_example_loss for "empirical_fisher"); non-zero means the split is not the train
+        loss (e.g. an L2 term on θ not routed through ``train_outputs``), so the curvature
+        misses that term's curvature. NaN for "hessian".
     """
 
     train_grad_norm: jax.Array
@@ -48,78 +50,8 @@ class HypergradInfo(NamedTuple):
     finite: jax.Array
     neumann_gap: jax.Array
     solution_cosine: jax.Array
-
-
-def _check_leaves(name: str, tree: PyTree) -> None:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    for path, leaf in leaves:
-        try:
-            dtype = jnp.result_type(leaf)
-        except TypeError as e:
-            raise TypeError(f"`{name}` leaves must be float arrays; leaf "
-                            f"{jax.tree_util.keystr(path)} is {type(leaf).__name__}") from e
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"`{name}` leaves must have a floating dtype (bfloat16, float16, "
-                            f"float32, float64); leaf {jax.tree_util.keystr(path)} has {dtype}")
-
-
-def _check_output(fn: Callable, name: str, signature: str, args: tuple, check: str,
-                  culprit: str = "hparams") -> Any:
-    """Trace ``fn(*args)`` abstractly; raise a ValueError naming ``name`` on failure."""
-    try:
-        out = jax.eval_shape(fn, *args)
-    except Exception as e:  # re-raised with the argument named; the cause stays attached
-        raise ValueError(
-            f"`{name}`{signature} failed to trace on the given pytrees; check that "
-            f"`{culprit}` has the structure and shapes that `{name}` uses "
-            f"({type(e).__name__}: {e})") from e
-    if check == "scalar":
-        bad = not (hasattr(out, "shape") and out.shape == ()
-                   and jnp.issubdtype(out.dtype, jnp.floating))
-        if bad:
-            raise ValueError(f"`{name}` must return a float scalar (shape ()), got {out}")
-    elif check == "vector":
-        bad = not (hasattr(out, "shape") and len(out.shape) == 1
-                   and jnp.issubdtype(out.dtype, jnp.floating))
-        if bad:
-            raise ValueError(f"`{name}` must return per-example float losses of shape (B,), "
-                             f"got {out}")
-    return out
-
-
-def _validate(train_loss, val_loss, params, hparams, train_batch, val_batch, solver,
-              curvature, mode, train_outputs, output_loss, per_example_loss) -> None:
-    for name, fn in (("train_loss", train_loss), ("val_loss", val_loss)):
-        if not callable(fn):
-            raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}")
-    if not isinstance(curvature, str) or curvature not in CURVATURES:
-        raise ValueError(f"`curvature` must be one of {CURVATURES}, got {curvature!r}")
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-    if isinstance(solver, str) or not callable(solver):
-        raise ValueError(f"`solver` must be a solver built by one of {SOLVER_BUILDERS} (or a "
-                         f"callable (matvec, b) -> (x, SolverInfo)), got {solver!r}")
-    _check_leaves("params", params)
-    _check_leaves("hparams", hparams)
-    _check_output(train_loss, "train_loss", "(params, hparams, train_batch)",
-                  (params, hparams, train_batch), "scalar")
-    _check_output(val_loss, "val_loss", "(params, val_batch)", (params, val_batch), "scalar",
-                  culprit="params")
-    if curvature == "gauss_newton":
-        for name, fn in (("train_outputs", train_outputs), ("output_loss", output_loss)):
-            if not callable(fn):
-                raise ValueError(f'curvature="gauss_newton" needs `{name}` to be a callable, '
-                                 f"got {fn!r}")
-        outs = _check_output(train_outputs, "train_outputs", "(params, hparams, train_batch)",
-                             (params, hparams, train_batch), "any")
-        _check_output(output_loss, "output_loss", "(outputs, hparams, train_batch)",
-                      (outs, hparams, train_batch), "scalar")
-    if curvature == "empirical_fisher":
-        if not callable(per_example_loss):
-            raise ValueError('curvature="empirical_fisher" needs `per_example_loss` to be a '
-                             f"callable (params, hparams, batch) -> (B,), got {per_example_loss!r}")
-        _check_output(per_example_loss, "per_example_loss", "(params, hparams, train_batch)",
-                      (params, hparams, train_batch), "vector")
+    unused_hparams: jax.Array
+    loss_gap: jax.Array
 
 
 def hypergrad(
@@ -158,14 +90,19 @@ def hypergrad(
       params: pytree θ differentiated implicitly (float leaves; any shapes, empty allowed).
       hparams: pytree λ (float leaves); the result has its structure, shapes and dtypes.
       train_batch, val_batch: any pytrees passed through to the losses.
-      solver: ``solver(matvec, b) -> (x, SolverInfo)``; default ``neumann()`` (J = 5,
-        α = 0.01, IFT scale). Also ``identity()``, ``cg(...)``, ``nystrom(...)``.
+      solver: ``solver(matvec, b) -> (x, SolverInfo)``; default ``cg()`` (conjugate
+        gradients to a relative residual of 1e-6, at most 100 matvecs: the IFT
+        hypergradient for a positive-definite curvature). Also ``identity()``,
+        ``neumann(...)`` (AutoDO's), ``nystrom(...)``.
       curvature: one of ``CURVATURES``: "hessian" (exact), "gauss_newton" (needs
         ``train_outputs`` and ``output_loss``), "empirical_fisher" (needs
         ``per_example_loss``).
       train_outputs: ``(params, hparams, batch) -> outputs pytree`` (e.g. logits (B, C)).
+        A term of the train loss that reads θ directly (an L2 penalty) must be reached
+        through the outputs too (return θ as one of them), or its curvature is lost.
       output_loss: ``(outputs, hparams, batch) -> scalar`` with
-        output_loss(train_outputs(θ, λ, b), λ, b) == train_loss(θ, λ, b) (not checked).
+        output_loss(train_outputs(θ, λ, b), λ, b) == train_loss(θ, λ, b) (measured:
+        ``info.loss_gap``).
       per_example_loss: ``(params, hparams, batch) -> (B,)`` whose mean is train_loss.
       mode: one of ``MODES`` ("joint", "linearize", "jvp"): how derivatives are formed;
         same result, different cost (see benchmarks/hypergrad_modes.py).
@@ -175,34 +112,39 @@ def hypergrad(
       info is a :class:`HypergradInfo`.
 
     Raises:
-      ValueError / TypeError at trace time for unknown names, bad solver arguments,
-      non-float leaves, non-scalar losses or pytrees the losses cannot consume.
+      ValueError / TypeError at trace time for unknown names, a solver builder passed
+      uncalled, bad solver arguments, non-float leaves, non-scalar losses or pytrees the
+      losses cannot consume (naming the argument most likely at fault).
     """
-    solver = neumann() if solver is None else solver
-    _validate(train_loss, val_loss, params, hparams, train_batch, val_batch, solver,
-              curvature, mode, train_outputs, output_loss, per_example_loss)
+    solver = DEFAULT_SOLVER if solver is None else solver
+    checks.check_names(curvature, mode, solver)
+    checks.check_losses(train_loss, val_loss, params, hparams, train_batch, val_batch)
+    checks.check_curvature_functions(curvature, params, hparams, (train_batch,),
+                                     train_outputs, output_loss, per_example_loss)
     v = jax.grad(val_loss)(params, val_batch)
     loss = lambda th, lam: train_loss(th, lam, train_batch)
-    g, hvp, mixed = train_derivatives(loss, params, hparams, mode)
-    if curvature == "gauss_newton":
-        matvec = gauss_newton_product(lambda th: train_outputs(th, hparams, train_batch),
-                                      lambda z: output_loss(z, hparams, train_batch), params)
-    elif curvature == "empirical_fisher":
-        matvec = empirical_fisher_product(
-            lambda th: per_example_loss(th, hparams, train_batch), params)
-    else:
-        matvec = hvp
+    value, g, hvp, mixed = train_derivatives(loss, params, hparams, mode)
+    bind = lambda fn: None if fn is None else (lambda th: fn(th, hparams, train_batch))
+    matvec, split_value = curvature_product(
+        curvature, hvp, params, bind(train_outputs),
+        None if output_loss is None else (lambda z: output_loss(z, hparams, train_batch)),
+        bind(per_example_loss))
     u, solver_info = solver(matvec, v)
     chex.assert_trees_all_equal_shapes(u, v)  # a solver returns x with the tree of b
     hparam_grads = T.neg(mixed(u))
     chex.assert_trees_all_equal_shapes_and_dtypes(hparam_grads, T.abstract(hparams))
 
     g_norm, v_norm, u_norm = T.norm(g), T.norm(v), T.norm(u)
-    if isinstance(solver, Neumann):
-        target = T.scale(solver.prefactor * (solver.iters + 1), v)
+    nan = jnp.full((), jnp.nan, g_norm.dtype)
+    if isinstance(solver, Neumann) and solver.alpha != "auto":
+        target = T.scale(solver.prefactor * (solver_info.iterations + 1), v)
         gap = T.relative(T.norm(T.sub(u, target)), u_norm)
     else:
-        gap = jnp.full((), jnp.nan, g_norm.dtype)
+        gap = nan
+    loss_gap = nan if split_value is None else T.relative(
+        jnp.abs(split_value - value).astype(nan.dtype), jnp.abs(value).astype(nan.dtype))
+    unused = checks.unused_leaves(lambda lam: jax.grad(train_loss)(params, lam, train_batch),
+                                  hparams)
     info = HypergradInfo(
         train_grad_norm=g_norm,
         val_grad_norm=v_norm,
@@ -212,5 +154,7 @@ def hypergrad(
         finite=(solver_info.finite & T.all_finite(g, v, u, hparam_grads)),
         neumann_gap=gap,
         solution_cosine=T.relative(T.vdot(u, v), u_norm * v_norm),
+        unused_hparams=jnp.asarray(unused, jnp.int32),
+        loss_gap=loss_gap,
     )
     return hparam_grads, info

@@ -40,10 +40,10 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
 
 
 def norm(a: PyTree) -> jax.Array:
-    """Euclidean norm over all leaves; its gradient at 0 is 0 (not NaN)."""
+    """Euclidean norm over all leaves; NaN when a leaf holds a NaN; its gradient at 0 is 0."""
     sq = vdot(a, a)
     positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), sq * 0)
 
 
 def scale(c: jax.Array | float, a: PyTree) -> PyTree:
@@ -83,9 +83,9 @@ def all_finite(*trees: PyTree) -> jax.Array:
 
 
 def relative(num: jax.Array, den: jax.Array) -> jax.Array:
-    """num / den, or num itself where den == 0 (so 0/0 reads as 0, not NaN)."""
-    ok = den > 0
-    return jnp.where(ok, num / jnp.where(ok, den, 1), num)
+    """num / den, or num itself where den == 0 (so 0/0 reads as 0, not NaN); NaN stays NaN."""
+    zero = den == 0
+    return jnp.where(zero, num, num / jnp.where(zero, 1, den))
 
 
 def _up(x: jax.Array) -> jax.Array:

@@ -82,7 +82,9 @@ class StepConfig:
         rmsprop_decay, rmsprop_eps: RMSprop's second-moment decay (per visit of a row for
             "rmsprop_local", per hyper step for "rmsprop_global") and epsilon.
         solver: inverse-curvature solver, one of ``SOLVERS``.
-        solver_iters: Neumann J / CG iterations.
+        solver_iters: Neumann J / CG iterations (the maximum when ``solver_tol`` > 0).
+        solver_tol: relative-residual tolerance of Neumann and CG; 0 runs ``solver_iters``
+            (the paper's fixed J; CG stops at rounding level).
         neumann_alpha: Neumann step α.
         neumann_scale: "ift" (exact implicit-function scale) or "original" (the original
             code's, 1/α times larger).
@@ -131,6 +133,7 @@ class StepConfig:
     rmsprop_eps: float = 1e-8
     solver: str = "neumann"
     solver_iters: int = 5
+    solver_tol: float = 0.0
     neumann_alpha: float = 0.01
     neumann_scale: str = "ift"
     cg_damping: float = 0.0
@@ -184,6 +187,7 @@ class StepConfig:
         need(self.hypergrad_mode in implicit.MODES, "hypergrad_mode",
              f"one of {implicit.MODES}")
         need(self.solver_iters >= 0, "solver_iters", ">= 0")
+        need(self.solver_tol >= 0, "solver_tol", ">= 0")
         need(self.reweight in REWEIGHTS, "reweight", f"one of {REWEIGHTS}")
         need(self.reweight == "none" or not self.learns_anything, "reweight",
              '"none" when a table is learned (learn_aug/learn_weight/learn_soft)')
@@ -275,9 +279,10 @@ def mwn_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
 def make_solver(cfg: StepConfig, key: jax.Array) -> Any:
     """The inverse-curvature solver of ``cfg`` (``key`` only used by Nyström)."""
     if cfg.solver == "neumann":
-        return implicit.neumann(cfg.solver_iters, cfg.neumann_alpha, cfg.neumann_scale)
+        return implicit.neumann(cfg.solver_iters, cfg.neumann_alpha, cfg.neumann_scale,
+                                tol=cfg.solver_tol)
     if cfg.solver == "identity":
         return implicit.identity()
     if cfg.solver == "cg":
-        return implicit.cg(cfg.solver_iters, cfg.cg_damping)
+        return implicit.cg(cfg.solver_iters, cfg.cg_damping, tol=cfg.solver_tol)
     return implicit.nystrom(cfg.nystrom_rank, cfg.nystrom_rho, key)
