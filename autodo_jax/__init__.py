@@ -13,46 +13,50 @@ The public API, re-exported explicitly from the rooms below:
   (λ_A) and the weighted, soft-label losses (λ_W, λ_S).
 - ``autodo_jax.models``: Flax Linen encoders with an explicit linear head.
 - ``autodo_jax.train``: the jit-compiled inner, hyper and eval steps.
-- ``autodo_jax.data`` (imported on demand, it pulls in tensorflow_datasets): sources,
-  the distortion protocol, batches with ids, baseline policies.
+- ``autodo_jax.data``: sources, the distortion protocol, batches with ids, baseline
+  policies.
+
+Every room is imported on first use (PEP 562 ``__getattr__``): ``import autodo_jax`` and
+``from autodo_jax import hypergrad`` load only what they name, so the implicit-
+differentiation library does not pull in Flax, the models or tensorflow_datasets.
 """
-from autodo_jax import augment, implicit, losses, models, parallel, reweight, tables, train
-from autodo_jax.augment import NUM_OPS, OP_NAMES, affine_matrices, sample_ops, warp
-from autodo_jax.implicit import (HypergradInfo, SolverInfo, cg, hypergrad, identity,
-                                 neumann, nystrom)
-from autodo_jax.losses import (cross_entropy, loss_weight, soft_label_init,
-                               soft_label_loss, weighted_mean)
-from autodo_jax.models import MODEL_NAMES, encode, get_model, head_apply, init_variables
-from autodo_jax.reweight import (l2rw_value_and_grad, l2rw_weights, lookahead, mwn_apply,
-                                 mwn_init, mwn_meta_grad, mwn_value_and_grad)
-from autodo_jax.parallel import (ShardLocalSampler, data_sharding, fetch, global_batch,
-                                 host_shards, make_mesh, maybe_initialize_distributed,
-                                 padded_num_rows, replicated_sharding, shard_table)
-from autodo_jax.tables import (RowOptState, RowOptimizer, apply_rows, gather, init_table,
-                               row_adam, row_rmsprop, row_rmsprop_local, row_sgd)
-from autodo_jax.train import (StepConfig, TrainState, autodo_table_init, check_finite,
-                              create_train_state, eval_step, hyper_step, inner_step)
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # modules
-    "augment", "implicit", "losses", "models", "parallel", "reweight", "tables", "train",
-    # implicit
-    "hypergrad", "HypergradInfo", "SolverInfo", "identity", "neumann", "cg", "nystrom",
-    # reweight
-    "lookahead", "l2rw_weights", "l2rw_value_and_grad", "mwn_init", "mwn_apply",
-    "mwn_meta_grad", "mwn_value_and_grad",
-    # tables and parallel
-    "init_table", "gather", "apply_rows", "row_rmsprop", "row_rmsprop_local", "row_adam", "row_sgd",
-    "RowOptState", "RowOptimizer", "make_mesh", "maybe_initialize_distributed",
-    "data_sharding", "replicated_sharding", "padded_num_rows", "shard_table",
-    "ShardLocalSampler", "global_batch", "host_shards", "fetch",
-    # augmentation and losses
-    "sample_ops", "affine_matrices", "warp", "OP_NAMES", "NUM_OPS", "loss_weight",
-    "soft_label_init", "cross_entropy", "soft_label_loss", "weighted_mean",
-    # models and steps
-    "get_model", "MODEL_NAMES", "encode", "head_apply", "init_variables", "StepConfig",
-    "TrainState", "autodo_table_init", "create_train_state", "inner_step", "hyper_step",
-    "eval_step", "check_finite",
-]
+_MODULES = ("augment", "data", "implicit", "losses", "models", "parallel", "reweight",
+            "tables", "train")
+_NAMES = {
+    "implicit": ("hypergrad", "stationary_point", "HypergradInfo", "SolverInfo", "identity",
+                 "neumann", "cg", "nystrom"),
+    "reweight": ("lookahead", "l2rw_weights", "l2rw_value_and_grad", "mwn_init", "mwn_apply",
+                 "mwn_meta_grad", "mwn_value_and_grad"),
+    "tables": ("init_table", "gather", "apply_rows", "row_rmsprop", "row_rmsprop_local",
+               "row_adam", "row_sgd", "RowOptState", "RowOptimizer"),
+    "parallel": ("make_mesh", "maybe_initialize_distributed", "data_sharding",
+                 "replicated_sharding", "padded_num_rows", "shard_table", "ShardLocalSampler",
+                 "global_batch", "host_shards", "fetch"),
+    "augment": ("sample_ops", "affine_matrices", "warp", "OP_NAMES", "NUM_OPS"),
+    "losses": ("loss_weight", "soft_label_init", "cross_entropy", "soft_label_loss",
+               "weighted_mean"),
+    "models": ("get_model", "MODEL_NAMES", "encode", "head_apply", "init_variables"),
+    "train": ("StepConfig", "TrainState", "autodo_table_init", "create_train_state",
+              "inner_step", "hyper_step", "eval_step", "check_finite"),
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = [m for m in _MODULES if m != "data"] + [n for names in _NAMES.values() for n in names]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a room (``autodo_jax.models``) or a public name (``hypergrad``) on first use."""
+    if name in _MODULES:
+        return importlib.import_module(f"autodo_jax.{name}")
+    if name in _HOME:
+        return getattr(importlib.import_module(f"autodo_jax.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'autodo_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES) | set(_HOME))
