@@ -67,28 +67,32 @@ def train_derivatives(
 
 
 def curvature_product(
-    curvature: str, hvp: Matvec, params: PyTree,
-    train_outputs: Callable[[PyTree], PyTree] | None,
-    output_loss: Callable[[PyTree], jax.Array] | None,
-    per_example_loss: Callable[[PyTree], jax.Array] | None,
+    curvature: str, hvp: Matvec, params: PyTree, hparams: PyTree, args: tuple,
+    train_outputs: Callable[..., PyTree] | None,
+    output_loss: Callable[..., jax.Array] | None,
+    per_example_loss: Callable[..., jax.Array] | None,
 ) -> tuple[Matvec, jax.Array | None]:
-    """w ↦ C w for ``curvature`` and the train loss as the substitute splits it.
+    """w ↦ C w for ``curvature`` at (θ, λ, *args), and the train loss as the substitute
+    splits it.
 
     Args:
       curvature: one of ``CURVATURES``.
       hvp: the exact Hessian product (returned for "hessian").
-      params: θ.
-      train_outputs, output_loss: θ ↦ outputs and outputs ↦ scalar ("gauss_newton").
-      per_example_loss: θ ↦ (B,) losses ("empirical_fisher").
+      params, hparams, args: θ, λ and the remaining arguments of the functions below.
+      train_outputs, output_loss: ``(θ, λ, *args) -> outputs`` and ``(outputs, λ, *args) ->
+        scalar`` ("gauss_newton").
+      per_example_loss: ``(θ, λ, *args) -> (B,)`` ("empirical_fisher").
 
     Returns:
       (matvec, split_value): split_value is output_loss(train_outputs(θ)) or the mean of
       the per-example losses at θ (None for "hessian"); it should equal the train loss.
     """
     if curvature == "gauss_newton":
-        return gauss_newton_product(train_outputs, output_loss, params)
+        return gauss_newton_product(lambda th: train_outputs(th, hparams, *args),
+                                    lambda z: output_loss(z, hparams, *args), params)
     if curvature == "empirical_fisher":
-        return empirical_fisher_product(per_example_loss, params)
+        return empirical_fisher_product(lambda th: per_example_loss(th, hparams, *args),
+                                        params)
     return hvp, None
 
 

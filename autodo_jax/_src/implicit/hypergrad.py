@@ -124,11 +124,8 @@ def hypergrad(
     v = jax.grad(val_loss)(params, val_batch)
     loss = lambda th, lam: train_loss(th, lam, train_batch)
     value, g, hvp, mixed = train_derivatives(loss, params, hparams, mode)
-    bind = lambda fn: None if fn is None else (lambda th: fn(th, hparams, train_batch))
-    matvec, split_value = curvature_product(
-        curvature, hvp, params, bind(train_outputs),
-        None if output_loss is None else (lambda z: output_loss(z, hparams, train_batch)),
-        bind(per_example_loss))
+    matvec, split_value = curvature_product(curvature, hvp, params, hparams, (train_batch,),
+                                            train_outputs, output_loss, per_example_loss)
     u, solver_info = solver(matvec, v)
     chex.assert_trees_all_equal_shapes(u, v)  # a solver returns x with the tree of b
     hparam_grads = T.neg(mixed(u))

@@ -97,11 +97,8 @@ def stationary_point(
             # the optimality condition's derivative along the inputs' tangents
             _, rhs = jax.jvp(lambda lam, *a: grad_theta(theta, lam, *a), primals, tangents)
             _, hvp = jax.linearize(lambda th: grad_theta(th, hparams, *args), theta)
-            bind = lambda fn: None if fn is None else (lambda th: fn(th, hparams, *args))
-            matvec, _ = curvature_product(
-                curvature, hvp, theta, bind(train_outputs),
-                None if output_loss is None else (lambda z: output_loss(z, hparams, *args)),
-                bind(per_example_loss))
+            matvec, _ = curvature_product(curvature, hvp, theta, hparams, tuple(args),
+                                          train_outputs, output_loss, per_example_loss)
             u, _ = solver(matvec, rhs)
             return theta, T.neg(u)
 
