@@ -195,8 +195,8 @@ class Config:
         0, "Also checkpoint every this many steps (inner + hyper; 0 = only at epochs). A "
            "SIGTERM always checkpoints at the next step and exits with code 75.")
     max_nonfinite_steps: int = _f(
-        20, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
-            "or update) of one kind.")
+        5, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
+           "or update) of one kind; a pass with more skipped than applied steps stops too.")
     max_steps_per_epoch: int = _f(0, "Cap on steps of each pass (0 = no cap; for smoke tests).")
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")

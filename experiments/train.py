@@ -210,8 +210,9 @@ def enable_compilation_cache(path: str) -> bool:
 
 
 #: Exit codes: 0 finished (or stopped by --stop_after_epoch); 2 bad input, a workdir in
-#: use or a checkpoint of another structure (one line each, nothing changed); 3 stopped
-#: after --max_nonfinite_steps non-finite steps in a row; 75 preempted by SIGTERM after
+#: use or a checkpoint of another structure (one line each, nothing changed); 3 diverged
+#: (experiments.guard: --max_nonfinite_steps skipped steps in a row, or a pass with more
+#: skipped than applied steps; one line); 75 preempted by SIGTERM after
 #: saving a checkpoint (rerun to resume; experiments.preemption.EXIT_PREEMPTED).
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
@@ -232,7 +233,8 @@ def main(argv: Sequence[str]) -> None:
     from autodo_jax import parallel
     from experiments.preemption import EXIT_PREEMPTED, Preempted
     from experiments.progress import Diverged
-    from experiments.trainer import ConfigError, print_summary, train_and_evaluate
+    from experiments.summary import print_summary
+    from experiments.trainer import ConfigError, train_and_evaluate
     parallel.maybe_initialize_distributed()
     enable_compilation_cache(FLAGS.compilation_cache)
     try:

@@ -2,8 +2,9 @@
 
 Preemption (SIGTERM mid-pass, in process) and kill -9 (a subprocess with step
 checkpoints) each resume to the uninterrupted run's summary, table and metrics; a
-workdir in use is refused while a killed run's lock is not; too many non-finite steps
-stop the run without a non-finite checkpoint; every bad input of issue 11 is one line,
+workdir in use is refused while a killed run's lock is not; a diverging run (too many
+skipped non-finite steps) stops with one line and exit code 3, keeping its last good
+checkpoint; every bad input of issue 11 is one line,
 exit code 2, with the workdir untouched.
 """
 import json
@@ -105,19 +106,47 @@ def test_workdir_in_use_is_refused_and_a_stale_lock_is_not(tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
-    """--learning_rate=1e30: the first update blows the weights up, every later step is
-    skipped; --max_nonfinite_steps in a row stop the run; no checkpoint is non-finite."""
-    with pytest.raises(Diverged, match=r"the last 11 inner steps .* were skipped "
-                                       r"\(--max_nonfinite_steps=8\).*lower --learning_rate "
-                                       r"\(now 1e\+30\)"):
-        _run(tmp_path, method="none", learning_rate=1e30, max_nonfinite_steps=8, epochs=3)
-    epochs = read_metrics(str(tmp_path), "epoch")
-    assert [r["train_skipped"] for r in epochs] == [5]  # epoch 1: steps 2 to 6 skipped
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """--hyper_lr=1e30: epoch 1 trains and is checkpointed (step 6); epoch 2's hyper pass
+    blows the learned loss weights up, so from its second inner step on every update is
+    non-finite and skipped; 5 in a row (the default --max_nonfinite_steps) stop the run with
+    one line. Checkpoint 6 stays the newest and is intact: a rerun resumes from it."""
+    line = ("diverged: inner steps 8-12 (epoch 2) had non-finite losses or updates and were "
+            "skipped: 5 in a row (--max_nonfinite_steps=5); the newest checkpoint (step 6) "
+            "holds the last finite state; try a lower --learning_rate (now 0.01), a lower "
+            "--hyper_lr (now 1e+30; learned loss weights scale the inner loss), or check the "
+            "data for extreme values")
+    with pytest.raises(Diverged) as err:
+        _run(tmp_path, hyper_lr=1e30, epochs=3)
+    assert str(err.value) == line
+    assert [r["train_skipped"] for r in read_metrics(str(tmp_path), "epoch")] == [0]
     ck = Checkpointer(str(tmp_path / "checkpoints"))
     steps = ck.steps()
     ck.close()
-    assert steps == [6]  # the epoch-1 checkpoint (finite: skipped updates changed nothing)
+    assert steps == [6] and not os.path.exists(tmp_path / "summary.json")
+    msgs = []
+    with pytest.raises(Diverged) as again:
+        _run(tmp_path, log=msgs.append, hyper_lr=1e30, epochs=3)
+    assert msgs[0].startswith("resumed from checkpoint step 6") and str(again.value) == line
+
+
+@pytest.mark.slow
+def test_a_diverging_run_exits_3_with_one_line(tmp_path):
+    """The issue's run (--learning_rate=1e30, 3 epochs of 3 steps; hyper steps from epoch
+    2): 2 of the 3 inner steps of epoch 1 are skipped, fewer than --max_nonfinite_steps in
+    a row, but more than half of the pass: exit code 3, one line, no summary."""
+    wd = tmp_path / "wd"
+    p = subprocess.run([sys.executable, "-m", "experiments.train", "--learning_rate=1e30",
+                        "--epochs=3", "--max_steps_per_epoch=3", "--hyper_start_epoch=1",
+                        f"--workdir={wd}", "--compilation_cache="],   # the tests' cache (env)
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: diverged: 2 of the 3 inner steps of epoch 1 (inner steps 1-3) had non-finite "
+        "losses or updates and were skipped (more than half of the pass); no checkpoint was "
+        "written; try a lower --learning_rate (now 1e+30), a lower --hyper_lr (now 0.05; "
+        "learned loss weights scale the inner loss), or check the data for extreme values"]
+    assert not (wd / "summary.json").exists() and not os.listdir(wd / "checkpoints")
 
 
 @pytest.mark.slow
