@@ -197,6 +197,9 @@ class Config:
     max_nonfinite_steps: int = _f(
         5, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
            "or update) of one kind; a pass with more skipped than applied steps stops too.")
+    device_memory_gb: float = _f(
+        0.0, "Memory of one device in GiB that the memory check before the run assumes (0 = "
+             "what the device reports; CPU: physical memory / local CPU devices).")
     max_steps_per_epoch: int = _f(0, "Cap on steps of each pass (0 = no cap; for smoke tests).")
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
@@ -219,7 +222,7 @@ class Config:
 #: Fields that do not change results: they may differ between a run and its resume.
 NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "checkpoint_every_steps", "log_every",
                      "stop_after_epoch", "max_nonfinite_steps", "steps_per_dispatch",
-                     "data_workers")
+                     "data_workers", "device_memory_gb")
 
 
 def field_specs() -> list[dataclasses.Field]:

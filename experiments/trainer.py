@@ -49,7 +49,8 @@ import numpy as np
 
 from autodo_jax import augment, losses, parallel, train
 from autodo_jax.data import pipeline
-from experiments import artifacts, guard, run_setup, summary as summary_lib, workdir_lock
+from experiments import (artifacts, guard, memory_check, run_setup, summary as summary_lib,
+                         workdir_lock)
 from experiments import config as cfg_lib
 from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
                                        NonFiniteStateError)
@@ -367,7 +368,8 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     """Runs (or resumes) one experiment and returns its summary (also in summary.json).
 
     Raises:
-      ConfigError: settings that cannot run (nothing has been written then), a workdir in
+      ConfigError: settings that cannot run, or steps that do not fit in device memory
+        (``memory_check``; nothing has been written then), a workdir in
         use by a live run, or a checkpoint of another structure (nothing changed then).
       Preempted: a preemption notice arrived; a checkpoint was saved.
       Diverged: too many skipped (non-finite) steps (``experiments.guard``; the
@@ -380,6 +382,7 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     pipes = build_pipes(config, data, mesh)
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
+    memory_check.check(config, data, mesh, pipes, step_cfg)   # still nothing written
     for key, note in data.source.notes().items():
         if isinstance(note, str):
             log(f"{key}: {note}")

@@ -65,6 +65,8 @@ def test_choices_are_the_library_names():
     (dict(method="train_plus_val", train_on_val=True), "--train_on_val"),
     (dict(method="l2rw", train_on_val=True), "--train_on_val"),
     (dict(train_on_val=True, ablation="overfit"), "--ablation"),
+    (dict(device_memory_gb=-1.0), "--device_memory_gb"),
+    (dict(max_nonfinite_steps=0), "--max_nonfinite_steps"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
     errs = config_checks.static_errors(cfg_lib.Config().replace(**changes))
