@@ -127,7 +127,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     """absl parsing, but a bad flag exits with code 2 (usage error) on one line.
 
     ``--config.<field>`` overrides are checked against the Config fields first; an error
-    raised by a config file's ``get_config`` is reported by its last line (the exception).
+    raised by a config file (on import or by its ``get_config``) is reported by its last
+    line (the exception).
     """
     fields = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
     unknown = cfg_lib.unknown_keys_error(fields)
@@ -142,6 +143,12 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
             flag = text.split(":", 1)[0]
             text = f"{flag}: {text.strip().splitlines()[-1]}"
         _usage_error(text)
+    except Exception as err:  # noqa: BLE001  a config file that fails to import or raises
+        given = [a for a in argv if a.startswith("--config=")]
+        where = given[-1] if given else f"--config={config_files.DEFAULT_FILE}"
+        _usage_error(f"{where}: the config file failed to load ({type(err).__name__}: {err}); "
+                     "it must define get_config([arg]) returning fields of "
+                     "experiments.config.Config")
 
 
 #: glibc malloc settings for this process: XLA on CPU allocates each step's temporaries as
