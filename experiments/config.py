@@ -107,7 +107,9 @@ class Config:
                       "val/ (clean) and test/) or npz:PATH (x_train, y_train, optional x_val, "
                       "y_val, x_test, y_test, class_names).")
     data_dir: str = _f("", "TFDS data directory ('' = TFDS default).")
-    label_key: str = _f("", "Label feature of the train labels (CIFAR-N: noisy annotation; '' = default).")
+    label_key: str = _f("", "Label feature of the train labels (CIFAR-N: a noisy annotation; "
+                        "another TFDS dataset: any ClassLabel feature with the classes of "
+                        "'label', which stays the truth; '' = default).")
     svhn_extra: bool = _f(False, "svhn_cropped only: add the 531,131 'extra' digits to train.")
     image_size: str = _f("", "Resize images to H or HxW pixels: folder:/npz: data (any sizes), or "
                          "the square size of variable-size TFDS data (imagenet2012). '' = keep "
