@@ -107,7 +107,9 @@ class Config:
                       "val/ (clean) and test/) or npz:PATH (x_train, y_train, optional x_val, "
                       "y_val, x_test, y_test, class_names).")
     data_dir: str = _f("", "TFDS data directory ('' = TFDS default).")
-    label_key: str = _f("", "Label feature of the train labels (CIFAR-N: noisy annotation; '' = default).")
+    label_key: str = _f("", "Label feature of the train labels (CIFAR-N: a noisy annotation; "
+                        "another TFDS dataset: any ClassLabel feature with the classes of "
+                        "'label', which stays the truth; '' = default).")
     svhn_extra: bool = _f(False, "svhn_cropped only: add the 531,131 'extra' digits to train.")
     image_size: str = _f("", "Resize images to H or HxW pixels: folder:/npz: data (any sizes), or "
                          "the square size of variable-size TFDS data (imagenet2012). '' = keep "
@@ -198,8 +200,11 @@ class Config:
         0, "Also checkpoint every this many steps (inner + hyper; 0 = only at epochs). A "
            "SIGTERM always checkpoints at the next step and exits with code 75.")
     max_nonfinite_steps: int = _f(
-        20, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
-            "or update) of one kind.")
+        5, "Stop (exit code 3) after this many consecutive skipped steps (non-finite loss "
+           "or update) of one kind; a pass with more skipped than applied steps stops too.")
+    device_memory_gb: float = _f(
+        0.0, "Memory of one device in GiB that the memory check before the run assumes (0 = "
+             "what the device reports; CPU: physical memory / local CPU devices).")
     max_steps_per_epoch: int = _f(0, "Cap on steps of each pass (0 = no cap; for smoke tests).")
     eval_limit: int = _f(0, "Evaluate on at most this many val/test examples (0 = all).")
     log_every: int = _f(0, "Progress line every this many steps (0 = once per epoch).")
@@ -222,7 +227,7 @@ class Config:
 #: Fields that do not change results: they may differ between a run and its resume.
 NON_RESULT_FIELDS = ("data_dir", "checkpoint_every", "checkpoint_every_steps", "log_every",
                      "stop_after_epoch", "max_nonfinite_steps", "steps_per_dispatch",
-                     "data_workers")
+                     "data_workers", "device_memory_gb")
 
 
 def field_specs() -> list[dataclasses.Field]:

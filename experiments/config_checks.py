@@ -60,6 +60,8 @@ def static_errors(config: Config) -> list[str]:
     for name in ("hyper_lr_aug", "hyper_lr_weight", "hyper_lr_soft"):
         v = getattr(c, name)
         need(math.isfinite(v) and v >= 0, name, "allowed: a finite number >= 0 (0 = --hyper_lr)")
+    need(math.isfinite(c.device_memory_gb) and c.device_memory_gb >= 0, "device_memory_gb",
+         "allowed: a number of GiB >= 0 (0 = the device's own memory)")
     need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
          "allowed: a finite number >= 0")
     need(math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs",

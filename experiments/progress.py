@@ -9,6 +9,7 @@ uninterrupted run is here: per-step metrics are folded into float64 sums in step
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -159,3 +160,31 @@ class Progress:
         p = cls(**{k: v for k, v in meta.items() if k in fields and k != "sums"})
         p.sums = {k: MetricSums.from_json(v) for k, v in meta.get("sums", {}).items()}
         return p
+
+
+def format_duration(seconds: float) -> str:
+    """``"4m05s"``, or ``"1h02m03s"`` from an hour on; negative times count as 0."""
+    s = int(max(seconds, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_line(epoch: int, epochs: int, step: int, metrics: Mapping[str, float],
+                  images_per_s: float, eta_s: float, extra: str = "",
+                  skipped: Mapping[str, int] | None = None) -> str:
+    """One progress line: ``"epoch 2/60 step 120 loss 0.5123 acc 84.4%<extra> [skipped 3
+    inner, 1 hyper ]img/s 250 ETA 4m05s"``.
+
+    Args:
+        epoch: the epoch in progress, 1-based; ``step``: inner steps done in total.
+        metrics: ``train_loss`` and ``train_accuracy`` (means over the applied steps).
+        extra: inserted after the accuracy (e.g. the epoch's val and test accuracy).
+        skipped: skipped (non-finite) steps of the epoch by kind ("inner", "hyper"); the
+            line names the kinds with any.
+    """
+    counts = [f"{int(n)} {kind}" for kind, n in (skipped or {}).items() if n]
+    shown = f" skipped {', '.join(counts)}" if counts else ""
+    eta = format_duration(eta_s) if math.isfinite(eta_s) else "?"
+    return (f"epoch {epoch}/{epochs} step {step} "
+            f"loss {metrics.get('train_loss', float('nan')):.4f} "
+            f"acc {100 * metrics.get('train_accuracy', float('nan')):.1f}%{extra}{shown} "
+            f"img/s {images_per_s:.0f} ETA {eta}")

@@ -2,6 +2,7 @@ r"""The report of a sweep: paper tables, the noise-handling table and the accura
 clean-val size plot, written to one directory.
 
   python -m experiments.report WORKDIR_ROOT [--out=docs/results/NAME]
+  python -m experiments.report --from_csv=docs/results/NAME/results.csv --out=docs/results/NAME
 
 ``write_report(paths, out_dir)`` (also called by ``experiments.sweep`` at the end) writes
 
@@ -11,7 +12,9 @@ clean-val size plot, written to one directory.
   augmentation and cost), the validation-selected error, and the noise-handling table;
 - ``results.csv``: the final-epoch cells of the paper tables;
 - ``accuracy_vs_val_size.png``: final test accuracy against the number of clean
-  validation examples, one line per method, one panel per IR-NR setting.
+  validation examples, one line per row, one panel per IR-NR setting
+  (``experiments.report_plot``; ``--from_csv=results.csv`` redraws it alone from a
+  report's CSV, without the run directories).
 
 Noise-handling table: one row per (method, IR-NR); the AUC of the learned loss weights
 for clean against noisy train examples, the % of noisy labels whose learned soft label's
@@ -27,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments import results
+from experiments import report_plot, results
 
 #: Noise-handling columns: (title, summary key, scale).
 NOISE_COLUMNS = (
@@ -164,6 +167,10 @@ def _verdicts(name: str, rows: dict[str, float], rivals: dict[str, float],
     return out
 
 
+#: File name of the plot (experiments.report_plot).
+PLOT_FILE = "accuracy_vs_val_size.png"
+
+
 def _val_size(run: dict[str, Any]) -> int | None:
     n = run["summary"].get("num_val") or run["config"].get("val_size")
     return int(n) if n else None
@@ -183,58 +190,6 @@ def accuracy_by_val_size(runs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str
             .setdefault(results.column_name(cfg), {}).setdefault(results.row_key(cfg), {})
             .setdefault(n, []).append(100.0 * float(acc)))
     return out
-
-
-def plot_accuracy_vs_val_size(runs: Sequence[dict[str, Any]], path: str) -> str | None:
-    """PNG of final test accuracy against clean-val size (one line per row, one panel per
-    IR-NR setting, one figure row per table group); None when no run has a val size."""
-    data = accuracy_by_val_size(runs)
-    if not data:
-        return None
-    import matplotlib  # noqa: PLC0415  (only when plotting)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import matplotlib.ticker  # noqa: PLC0415
-
-    groups = sorted(data)
-    ncols = max(len(data[g]) for g in groups)
-    fig, axes = plt.subplots(len(groups), ncols, figsize=(4.6 * ncols, 3.8 * len(groups)),
-                             squeeze=False)
-    for gi, group in enumerate(groups):
-        columns = sorted(data[group], key=results.column_order)
-        for ci in range(ncols):
-            ax = axes[gi][ci]
-            if ci >= len(columns):
-                ax.axis("off")
-                continue
-            rows = data[group][columns[ci]]
-            for row in sorted(rows, key=results.row_order):
-                sizes = sorted(rows[row])
-                mean = [np.mean(rows[row][n]) for n in sizes]
-                std = [np.std(rows[row][n], ddof=1) if len(rows[row][n]) > 1 else 0.0
-                       for n in sizes]
-                ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=3,
-                            label=results.row_label(row))
-            ax.set_xscale("log")
-            sizes = sorted({n for r in rows.values() for n in r})
-            ax.set_xticks(sizes)
-            ax.set_xticklabels([str(n) for n in sizes])
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel("clean validation examples")
-            ax.set_ylabel("final test accuracy %")
-            title = f"IR-NR {columns[ci]}"
-            if group[2]:
-                title += "\n" + ", ".join(group[2])
-            ax.set_title(title, fontsize=9)
-            ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def report_markdown(runs: Sequence[dict[str, Any]]) -> str:
@@ -270,15 +225,32 @@ def write_report(paths: Iterable[str], out_dir: str) -> list[str]:
             f.write(text)
         os.replace(path + ".tmp", path)
         written.append(path)
-    png = plot_accuracy_vs_val_size(runs, os.path.join(out_dir, "accuracy_vs_val_size.png"))
+    png = report_plot.plot_accuracy_vs_val_size(report_plot.mean_std(accuracy_by_val_size(runs)),
+                                                os.path.join(out_dir, PLOT_FILE))
     if png:
         written.append(png)
     return written
 
 
 def main(argv: Sequence[str]) -> None:
+    if flags.FLAGS.from_csv:   # only the plot, from a report's results.csv (no run dirs)
+        if len(argv) > 1 or not os.path.isfile(flags.FLAGS.from_csv):
+            sys.stderr.write(f"error: --from_csv={flags.FLAGS.from_csv}: needs an existing "
+                             "results.csv and no WORKDIR_ROOT arguments\n")
+            sys.exit(2)
+        os.makedirs(flags.FLAGS.out, exist_ok=True)
+        png = report_plot.plot_accuracy_vs_val_size(
+            report_plot.points_from_csv(flags.FLAGS.from_csv),
+            os.path.join(flags.FLAGS.out, PLOT_FILE))
+        if png is None:
+            sys.stderr.write(f"error: --from_csv={flags.FLAGS.from_csv}: no final-epoch cell "
+                             "with a val_size setting\n")
+            sys.exit(1)
+        print(png)
+        return
     if len(argv) < 2:
-        sys.stderr.write("usage: python -m experiments.report WORKDIR_ROOT... --out=DIR\n")
+        sys.stderr.write("usage: python -m experiments.report WORKDIR_ROOT... --out=DIR "
+                         "(or --from_csv=results.csv --out=DIR for the plot alone)\n")
         sys.exit(2)
     try:
         written = write_report(argv[1:], flags.FLAGS.out)
@@ -290,4 +262,6 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("out", "docs/results/report", "Directory of the report.")
+    flags.DEFINE_string("from_csv", "", "Only redraw accuracy_vs_val_size.png from this "
+                        "results.csv (a report's; no run directories needed).")
     app.run(main)

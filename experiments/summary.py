@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -198,3 +199,16 @@ def _json_clean(x):
     if isinstance(x, np.ndarray):
         return _json_clean(x.tolist())
     return x
+
+
+def first_rows(table: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray]:
+    """The first ``num_rows`` rows of every per-example field (a shared row stays whole)."""
+    return {k: v if v.shape[0] == 1 else v[:num_rows] for k, v in table.items()}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Prints the summary without the long per-class and per-epoch parts, then its path."""
+    short = {k: v for k, v in summary.items()
+             if k not in ("selected_epochs", "per_class_accuracy_final", "class_names",
+                           "mwn_weight_curve")}
+    print(json.dumps(short, indent=2))

@@ -30,8 +30,10 @@ what is allowed, the exit code is 2, and nothing is written.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 from absl import app, flags, logging
@@ -125,7 +127,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     """absl parsing, but a bad flag exits with code 2 (usage error) on one line.
 
     ``--config.<field>`` overrides are checked against the Config fields first; an error
-    raised by a config file's ``get_config`` is reported by its last line (the exception).
+    raised by a config file (on import or by its ``get_config``) is reported by its last
+    line (the exception).
     """
     fields = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
     unknown = cfg_lib.unknown_keys_error(fields)
@@ -140,6 +143,12 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
             flag = text.split(":", 1)[0]
             text = f"{flag}: {text.strip().splitlines()[-1]}"
         _usage_error(text)
+    except Exception as err:  # noqa: BLE001  a config file that fails to import or raises
+        given = [a for a in argv if a.startswith("--config=")]
+        where = given[-1] if given else f"--config={config_files.DEFAULT_FILE}"
+        _usage_error(f"{where}: the config file failed to load ({type(err).__name__}: {err}); "
+                     "it must define get_config([arg]) returning fields of "
+                     "experiments.config.Config")
 
 
 #: glibc malloc settings for this process: XLA on CPU allocates each step's temporaries as
@@ -158,27 +167,59 @@ def _reexec_with_malloc_tuning() -> None:
     env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()})
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "experiments.train", *sys.argv[1:]], env)
+    warn = [f"-W{option}" for option in sys.warnoptions]  # keep -W (e.g. error::UserWarning)
+    os.execve(sys.executable, [sys.executable, *warn, "-m", "experiments.train", *sys.argv[1:]],
+              env)
 
 
-def enable_compilation_cache(path: str) -> None:
+def compilation_cache_problem(path: str) -> str | None:
+    """Why JAX's persistent compilation cache cannot be written in ``path``, or None.
+
+    Creates the directory if it is missing (and a probe file in it, removed again).
+    """
+    if importlib.util.find_spec("filelock") is None:  # JAX needs it to cap the size
+        return "needs the filelock package (pip install -r requirements.txt)"
+    directory = os.path.expanduser(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".autodo_probe_"):
+            pass
+    except OSError as err:
+        return f"cannot write to {directory} ({err.strerror or type(err).__name__})"
+    return None
+
+
+def enable_compilation_cache(path: str) -> bool:
     """Turns on JAX's persistent compilation cache in ``path`` ('' leaves it off).
 
-    Compiled steps are keyed by their program, shapes, flags and backend, so a changed
-    setting or code version compiles afresh; entries that compiled in under 0.5 s are not
-    stored, and the directory is capped at 4 GiB (least recently used entries go first).
+    Compiled programs are keyed by their program, shapes, flags and backend, so a changed
+    setting or code version compiles afresh; every program is stored (also those that
+    compile in milliseconds), so a second identical run compiles nothing; the directory
+    is capped at 4 GiB (least recently used entries go first). A cache that cannot be
+    written (``compilation_cache_problem``) is reported in one warning line and left off.
+
+    Returns:
+        Whether the cache is on.
     """
     if not path:
-        return
+        return False
+    problem = compilation_cache_problem(path)
+    if problem:
+        sys.stderr.write(f"warning: --compilation_cache={path}: {problem}; compiling "
+                         "without the persistent cache\n")
+        return False
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+    return True
 
 
 #: Exit codes: 0 finished (or stopped by --stop_after_epoch); 2 bad input, a workdir in
-#: use or a checkpoint of another structure (one line each, nothing changed); 3 stopped
-#: after --max_nonfinite_steps non-finite steps in a row; 75 preempted by SIGTERM after
+#: use or a checkpoint of another structure (one line each, nothing changed); 3 diverged
+#: (experiments.guard: --max_nonfinite_steps skipped steps in a row, or a pass with more
+#: skipped than applied steps; one line); 75 preempted by SIGTERM after
 #: saving a checkpoint (rerun to resume; experiments.preemption.EXIT_PREEMPTED).
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
@@ -199,7 +240,8 @@ def main(argv: Sequence[str]) -> None:
     from autodo_jax import parallel
     from experiments.preemption import EXIT_PREEMPTED, Preempted
     from experiments.progress import Diverged
-    from experiments.trainer import ConfigError, print_summary, train_and_evaluate
+    from experiments.summary import print_summary
+    from experiments.trainer import ConfigError, train_and_evaluate
     parallel.maybe_initialize_distributed()
     enable_compilation_cache(FLAGS.compilation_cache)
     try:

@@ -27,9 +27,10 @@ three are taken at dispatch boundaries (a dispatch may run K steps), with the po
 and the metric sums of the epoch in progress (``experiments.progress``). A preempted run
 exits with ``preemption.EXIT_PREEMPTED`` after its checkpoint is written.
 
-Numerical guard: a step whose update is not finite is skipped by the step itself and
-counted; ``--max_nonfinite_steps`` skipped steps in a row stop the run (``Diverged``);
-a non-finite state is never checkpointed.
+Numerical guard (``experiments.guard``): a step whose update is not finite is skipped by
+the step itself and counted (in the progress lines and summary.json);
+``--max_nonfinite_steps`` skipped steps of one kind in a row, or a pass with more skipped
+than applied steps, stop the run (``Diverged``); a non-finite state is never checkpointed.
 
 Several processes: every process runs this loop on its own blocks of each batch
 (``parallel.host_shards``); what reaches the host goes through ``parallel.fetch``; files
@@ -48,13 +49,14 @@ import numpy as np
 
 from autodo_jax import augment, losses, parallel, train
 from autodo_jax.data import pipeline
-from experiments import artifacts, run_setup, summary as summary_lib, workdir_lock
+from experiments import (artifacts, guard, memory_check, run_setup, summary as summary_lib,
+                         workdir_lock)
 from experiments import config as cfg_lib
 from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
                                        NonFiniteStateError)
 from experiments.metric_writer import MetricWriter
 from experiments.preemption import Preempted, PreemptionWatch
-from experiments.progress import Diverged, Progress
+from experiments.progress import Diverged, Progress, progress_line
 from experiments.pipes import (Pipes, build_pipes, default_data_workers,
                                default_steps_per_dispatch, derive_seed, dispatches,
                                loader_position)
@@ -65,21 +67,11 @@ CHECKPOINT_DIR = "checkpoints"
 FLUSH_EVERY = 16
 
 
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def host_table(state: train.TrainState, num_rows: int) -> dict[str, np.ndarray]:
     """The learned table on every host (gathered across processes: a collective), padding
     rows removed: {name: (N|1, ...)}."""
-    return first_rows({k: np.asarray(v) for k, v in parallel.fetch(state.table).items()},
+    return summary_lib.first_rows({k: np.asarray(v) for k, v in parallel.fetch(state.table).items()},
                       num_rows)
-
-
-def first_rows(table: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray]:
-    """The first ``num_rows`` rows of every per-example field (a shared row stays whole)."""
-    return {k: v if v.shape[0] == 1 else v[:num_rows] for k, v in table.items()}
 
 
 class Trainer:
@@ -150,7 +142,7 @@ class Trainer:
             prog.advance("hyper", m, n, n * p.hyper_batch_size, time.time() - t)
             self.after_dispatch(state, prog, "hyper")
             t = time.time()
-        self._check_guard(prog, "hyper", flush=True)
+        self._check_guard(prog, "hyper", end_of_pass=True)
         return state
 
     def _train_produce(self, epoch: int) -> Callable[[int], Any]:
@@ -193,7 +185,7 @@ class Trainer:
                     done < p.steps_per_epoch:
                 self._progress(epoch, done, prog.pass_sums("train").means("train_"), prog, t0)
             t = time.time()
-        self._check_guard(prog, "train", flush=True)
+        self._check_guard(prog, "train", end_of_pass=True)
         return state
 
     # ---------------------------------------------------------------- boundaries
@@ -202,7 +194,7 @@ class Trainer:
         the numerical guard, periodic step checkpoints and preemption."""
         self._dispatches += 1
         if self._dispatches % FLUSH_EVERY == 0:
-            self._check_guard(prog, kind, flush=True)
+            self._check_guard(prog, kind)
         every = self.c.checkpoint_every_steps
         if self.watch.requested(self._dispatches):
             self.save(state, prog)
@@ -213,20 +205,8 @@ class Trainer:
         if every and prog.checkpoint_id() // every > self._last_saved // every:
             self.save(state, prog)
 
-    def _check_guard(self, prog: Progress, kind: str, flush: bool) -> None:
-        sums = prog.pass_sums(kind)
-        if flush:
-            sums.flush()
-        limit = self.c.max_nonfinite_steps
-        if sums.run >= limit:
-            flags = "--learning_rate" if kind == "train" else "--hyper_lr"
-            name, count = ("inner", prog.step) if kind == "train" else ("hyper", prog.hyper_step)
-            raise Diverged(
-                f"stopped: the last {sums.run} {name} steps (up to {name} step {count}, epoch "
-                f"{prog.epoch + 1}) "
-                f"had non-finite losses or updates and were skipped (--max_nonfinite_steps="
-                f"{limit}); the newest checkpoint holds the last finite state; lower {flags} "
-                f"(now {getattr(self.c, flags[2:])}) or check the data")
+    def _check_guard(self, prog: Progress, kind: str, end_of_pass: bool = False) -> None:
+        guard.check(prog, kind, self.c, self._last_saved, end_of_pass=end_of_pass)
 
     def save(self, state, prog: Progress) -> None:
         """Checkpoints the state at the current position (every process)."""
@@ -251,10 +231,9 @@ class Trainer:
         left = ((c.epochs - epoch) * p.steps_per_epoch - step_in_epoch) * c.batch_size + \
             hyper_epochs * p.hyper_steps_per_epoch * p.hyper_batch_size
         eta = left / ips if ips and math.isfinite(ips) and ips > 0 else float("nan")
-        self.log(f"epoch {epoch + 1}/{c.epochs} step {prog.step} "
-                 f"loss {m.get('train_loss', float('nan')):.4f} "
-                 f"acc {100 * m.get('train_accuracy', float('nan')):.1f}%{extra} "
-                 f"img/s {ips:.0f} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}")
+        skipped = {"inner": m.get("train_skipped", 0), "hyper": m.get(
+            "hyper_skipped", prog.sums["hyper"].skipped if "hyper" in prog.sums else 0)}
+        self.log(progress_line(epoch + 1, c.epochs, prog.step, m, ips, eta, extra, skipped))
 
     # ---------------------------------------------------------------- loop
     def init_state(self) -> train.TrainState:
@@ -338,7 +317,7 @@ class Trainer:
         c, split, src = self.c, self.data.split, self.data.source
         learned = cfg_lib.METHODS[c.method]["learn"]
         rows = host_table(state, len(self.data.train_index)) if learned else None
-        table = None if rows is None else first_rows(rows, split.num_train)   # train split
+        table = None if rows is None else summary_lib.first_rows(rows, split.num_train)   # train split
         appended = ({} if rows is None or "weight" not in rows else
                     summary_lib.appended_rows_weights(
                         np.asarray(losses.loss_weight(rows["weight"])), split.num_train))
@@ -389,10 +368,12 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     """Runs (or resumes) one experiment and returns its summary (also in summary.json).
 
     Raises:
-      ConfigError: settings that cannot run (nothing has been written then), a workdir in
+      ConfigError: settings that cannot run, or steps that do not fit in device memory
+        (``memory_check``; nothing has been written then), a workdir in
         use by a live run, or a checkpoint of another structure (nothing changed then).
       Preempted: a preemption notice arrived; a checkpoint was saved.
-      Diverged: too many non-finite steps in a row (the checkpoints are untouched).
+      Diverged: too many skipped (non-finite) steps (``experiments.guard``; the
+        checkpoints are untouched).
     """
     t_start = time.time()
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
@@ -401,6 +382,7 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     pipes = build_pipes(config, data, mesh)
     step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
                                    pipes.hyper_steps_per_epoch)
+    memory_check.check(config, data, mesh, pipes, step_cfg)   # still nothing written
     for key, note in data.source.notes().items():
         if isinstance(note, str):
             log(f"{key}: {note}")
@@ -411,11 +393,3 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
             return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()
     except workdir_lock.WorkdirBusyError as err:
         raise ConfigError([str(err)]) from None
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """Prints the summary without the long per-class and per-epoch parts, then its path."""
-    short = {k: v for k, v in summary.items()
-             if k not in ("selected_epochs", "per_class_accuracy_final", "class_names",
-                           "mwn_weight_curve")}
-    print(json.dumps(short, indent=2))

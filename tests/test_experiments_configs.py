@@ -105,6 +105,11 @@ def test_precedence_file_then_overrides_then_plain_flags():
 
 def test_command_line_config_overrides_and_one_line_errors(tmp_path):
     wd = tmp_path / "wd"
+    files = {"raises.py": "def get_config(arg=None):\n    raise RuntimeError('no setting ' + str(arg))\n",
+             "broken.py": "def get_config(:\n",
+             "extra.py": "def get_config():\n    return {'epochs': 2, 'epoch': 3}\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     cases = [
         # --config.<field> reaches validation: the file's epochs (60) replaced by 0
         (["--config=experiments/configs/mnist5k.py", "--config.epochs=0"],
@@ -119,6 +124,15 @@ def test_command_line_config_overrides_and_one_line_errors(tmp_path):
          "argument '7-0.1'"),
         (["--config.epochs=3", "--epochs=3"],
          "error: --epochs and --config.epochs both given"),
+        # issue 22: a config file that raises, one that does not import, an unknown field
+        ([f"--config={tmp_path}/raises.py:x"],
+         f"error: --config={tmp_path}/raises.py:x: the config file failed to load "
+         "(RuntimeError: no setting x); it must define get_config([arg])"),
+        ([f"--config={tmp_path}/broken.py"],
+         f"error: --config={tmp_path}/broken.py: the config file failed to load (SyntaxError: "),
+        ([f"--config={tmp_path}/extra.py"],
+         f"error: --config={tmp_path}/extra.py: unknown config keys ['epoch'] (did you mean "
+         "epochs?)"),
     ]
     for args, start in cases:
         code, lines = _cli(*args, workdir=wd)

@@ -65,6 +65,8 @@ def test_choices_are_the_library_names():
     (dict(method="train_plus_val", train_on_val=True), "--train_on_val"),
     (dict(method="l2rw", train_on_val=True), "--train_on_val"),
     (dict(train_on_val=True, ablation="overfit"), "--ablation"),
+    (dict(device_memory_gb=-1.0), "--device_memory_gb"),
+    (dict(max_nonfinite_steps=0), "--max_nonfinite_steps"),
 ])
 def test_static_errors_name_the_flag(changes, flag):
     errs = config_checks.static_errors(cfg_lib.Config().replace(**changes))
@@ -321,3 +323,53 @@ def test_metric_sums_fold_in_step_order_and_resume_exactly():
     rec = back.close_epoch()
     assert rec["train_skipped"] == 0 and rec["train_time_s"] == 0.5
     assert (back.epoch, back.train_done, back.sums) == (3, 0, {})
+
+
+def _pass(prog, kind, skipped_flags):
+    """Books one step per flag (1 = skipped) into ``prog``'s ``kind`` pass."""
+    for flag in skipped_flags:
+        prog.advance(kind, {"loss": np.float32(1.0), "skipped": np.int32(flag)}, 1, 8, 0.1)
+    return prog
+
+
+def test_guard_stops_on_a_run_of_skipped_steps_or_a_mostly_skipped_pass():
+    from experiments import guard
+    from experiments.progress import Diverged, Progress
+    c = cfg_lib.Config()   # --max_nonfinite_steps=5
+    assert c.max_nonfinite_steps == 5
+    # 1 applied, then 5 skipped in a row: the limit, checked at any flush
+    prog = _pass(Progress(epoch=1, step=10), "train", [0, 1, 1, 1, 1, 1])
+    with pytest.raises(Diverged) as err:
+        guard.check(prog, "train", c, 10, end_of_pass=False)
+    assert str(err.value) == (
+        "diverged: inner steps 12-16 (epoch 2) had non-finite losses or updates and were "
+        "skipped: 5 in a row (--max_nonfinite_steps=5); the newest checkpoint (step 10) holds "
+        "the last finite state; try a lower --learning_rate (now 0.01), a lower --hyper_lr "
+        "(now 0.05; learned loss weights scale the inner loss), or check the data for "
+        "extreme values")
+    # 2 of 3 skipped (never 5 in a row): only the end of the pass judges the share
+    prog = _pass(Progress(), "hyper", [0, 1, 1])
+    guard.check(prog, "hyper", c, 0, end_of_pass=False)
+    with pytest.raises(Diverged, match=r"^diverged: 2 of the 3 hyper steps of epoch 1 \(hyper "
+                                       r"steps 1-3\) .*more than half of the pass\); no checkpoint "
+                                       r"was written; try a lower --hyper_lr \(now 0.05\), a "
+                                       r"smaller --neumann_alpha \(now 0.01\) or --solver=cg, "
+                                       r"--compute_dtype=float32 \(now bfloat16\), or check"):
+        guard.check(prog, "hyper", c.replace(compute_dtype="bfloat16"), 0, end_of_pass=True)
+    # a few skipped steps, fewer than the applied ones: the run goes on, and says so
+    prog = _pass(Progress(), "train", [0, 1, 0, 1, 1, 0, 0])
+    guard.check(prog, "train", c, 0, end_of_pass=True)
+    assert guard.divergence(prog.pass_sums("train"), "train", prog, c, end_of_pass=True) is None
+    rec = prog.close_epoch()
+    assert rec["train_skipped"] == 3
+    prog.history.append(rec)
+    assert prog.skipped_totals() == {"skipped_inner_steps": 3, "skipped_hyper_steps": 0}
+
+
+def test_progress_line_shows_skipped_steps():
+    from experiments.progress import progress_line
+    m = {"train_loss": 0.5, "train_accuracy": 0.875}
+    assert progress_line(2, 60, 120, m, 250.4, 245.0, " test 90.0%", {"inner": 0, "hyper": 0}) == (
+        "epoch 2/60 step 120 loss 0.5000 acc 87.5% test 90.0% img/s 250 ETA 4m05s")
+    assert progress_line(2, 60, 120, m, 250.4, float("nan"), "", {"inner": 3, "hyper": 1}) == (
+        "epoch 2/60 step 120 loss 0.5000 acc 87.5% skipped 3 inner, 1 hyper img/s 250 ETA ?")

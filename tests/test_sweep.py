@@ -1,5 +1,5 @@
 """experiments.sweep (grids, resume after a kill) and experiments.report (tables and plot
-from workdirs)."""
+from workdirs, the plot again from the report's CSV)."""
 import json
 import os
 import signal
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from experiments import config as cfg_lib, report, results, sweep
+from experiments import config as cfg_lib, report, report_plot, results, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,6 +133,68 @@ def test_report_on_fake_workdirs_gives_the_expected_cells(tmp_path):
     assert "Val only [host_policy=color_subset, init_warp=True]" in text
     assert "## Targets" in text and targets[0] in text
     assert os.path.getsize(os.path.join(out, "accuracy_vs_val_size.png")) > 10_000
+
+
+def test_plot_rows_are_told_apart_and_named_in_words():
+    keys = sorted({row for _, _, row in _GRID_ROWS}, key=results.row_order)
+    styles = report_plot.row_styles(keys)
+    looks = {(st["marker"], st["linestyle"], st["color"], st.get("markerfacecolor")) for st in styles.values()}
+    assert len({st["marker"] for st in styles.values()}) == len(keys) == len(looks) == 14
+    assert styles["autodo_aws"]["color"] == "black"   # the paper's protocol, emphasised
+    assert styles["autodo_aws"]["linewidth"] > max(st["linewidth"] for k, st in styles.items()
+                                                   if k != "autodo_aws")
+    assert {styles[k]["linestyle"] for k in ("none", "randaugment", "trivialaugment")} == {"--"}
+    assert styles["val_only[host_policy=color_subset, init_warp=True]"]["markerfacecolor"] == "white"
+    assert report_plot.row_words("val_only[host_policy=color_subset, init_warp=True]") == (
+        "Val only: the clean split alone + AutoDO's starting augmentation (--method=val_only "
+        "--host_policy=color_subset --init_warp)")
+    assert report_plot.row_words("autodo_aws[train_on_val=True]") == (
+        r"$\lambda^{A,W,S}$ + training on the clean split too (--method=autodo_aws "
+        "--train_on_val)")
+    assert report_plot.row_words("mwn") == "MW-Net: Meta-Weight-Net (--method=mwn)"
+
+
+#: The rows of the public grid (experiments.sweep's mnist5k_grid) as (method, changes, key).
+_GRID_ROWS = [(m, {}, m) for m in ("none", "randaugment", "trivialaugment", "mwn", "l2rw",
+                                   "val_only", "train_plus_val", "autodo_fixed", "autodo_aw",
+                                   "autodo_aws")] + [
+    ("val_only", dict(host_policy="color_subset", init_warp=True),
+     "val_only[host_policy=color_subset, init_warp=True]"),
+    ("train_plus_val", dict(host_policy="color_subset", init_warp=True),
+     "train_plus_val[host_policy=color_subset, init_warp=True]"),
+    ("autodo_aw", dict(train_on_val=True), "autodo_aw[train_on_val=True]"),
+    ("autodo_aws", dict(train_on_val=True), "autodo_aws[train_on_val=True]")]
+
+
+def test_the_plot_is_redrawn_from_the_reports_csv(tmp_path):
+    """--from_csv draws the same points as the runs gave (accuracy = 100 - the CSV's error)
+    without the run directories."""
+    root = str(tmp_path / "runs")
+    for i, (method, changes, key) in enumerate(_GRID_ROWS):
+        for seed in (0, 1):
+            for val in (100, 500):
+                _fake_run(root, f"{key}_{val}_{seed}", {"test_accuracy_final": 0.5 + 0.03 * i
+                                                        + 0.01 * seed + val / 1e5, "num_val": val},
+                          method=method, seed=seed, val_size=val, **changes)
+    runs = results.find_runs([root])
+    out = tmp_path / "report"
+    report.write_report([root], str(out))
+    from_runs = report_plot.mean_std(report.accuracy_by_val_size(runs))
+    from_csv = report_plot.points_from_csv(str(out / "results.csv"))
+    assert from_csv.keys() == from_runs.keys() == {("mnist5k", "small_cnn", ())}
+    for column, rows in from_runs[("mnist5k", "small_cnn", ())].items():
+        assert rows.keys() == from_csv[("mnist5k", "small_cnn", ())][column].keys()
+        for row, sizes in rows.items():
+            for n, (mean, std) in sizes.items():
+                assert from_csv[("mnist5k", "small_cnn", ())][column][row][n] == pytest.approx(
+                    (mean, std), abs=1e-3)
+    os.remove(out / "accuracy_vs_val_size.png")
+    p = subprocess.run([sys.executable, "-m", "experiments.report",
+                        f"--from_csv={out / 'results.csv'}", f"--out={out}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(out / "accuracy_vs_val_size.png")
+    assert os.path.getsize(out / "accuracy_vs_val_size.png") > 10_000
 
 
 # ------------------------------------------------------------------ resume after a kill

@@ -9,9 +9,12 @@ real-noise CIFAR-N sets). ``split.train_images(idx, rng)`` is what a train pipel
 reads: identical to ``images`` for fixed-size datasets, a random-resized crop for
 variable-size ones (ImageNet), whose ``images`` is the resize-256 / centre-crop-224 path.
 
-TFDS datasets are read with ``tfds.data_source`` (array_record files, no TensorFlow),
-never downloaded at training time: a dataset that is not prepared raises
-:class:`DatasetNotPreparedError` saying how to prepare it.
+TFDS datasets are read with ``tfds.data_source`` (array_record files, no TensorFlow;
+``tfds_data``), never downloaded at training time: a dataset that is not prepared raises
+:class:`DatasetNotPreparedError` saying how to prepare it. Any TFDS image-classification
+dataset loads by name, a known one (``DATASETS``) with the paper's settings; its class
+names come from the ``label`` ClassLabel, and ``label_key`` may name any ClassLabel feature
+with the same classes as the given train labels (``label`` stays the truth).
 """
 from __future__ import annotations
 
@@ -21,12 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from autodo_jax.data import imagenet
 from autodo_jax.data import mnist5k as _mnist5k
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """A TFDS dataset has no prepared array_record files under the data directory."""
+from autodo_jax.data import tfds_data
+from autodo_jax.data.tfds_data import DatasetNotPreparedError, TfdsSplit  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +66,6 @@ IMAGENET_TRAIN_SIZE = 224
 IMAGENET_RESIZE = 256
 
 
-def _as_index(idx: Any, n: int) -> np.ndarray:
-    index = np.asarray(idx, dtype=np.int64).reshape(-1)
-    if index.size and (index.min() < 0 or index.max() >= n):
-        raise IndexError(f"indices must lie in [0, {n}), got [{index.min()}, {index.max()}]")
-    return index
-
-
 class ArraySplit:
     """An in-memory split.
 
@@ -101,7 +94,7 @@ class ArraySplit:
 
     def images(self, idx: Any) -> np.ndarray:
         """uint8 (n, H, W, C) images at ``idx`` (any int array-like)."""
-        return self._images[_as_index(idx, len(self))]
+        return self._images[tfds_data.as_index(idx, len(self))]
 
     def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
         """Same as ``images`` (fixed-size data needs no random decoding); ``rng`` unused."""
@@ -120,7 +113,7 @@ class SubsetSplit:
 
     def __init__(self, base: Any, index: Any):
         self._base = base
-        self._index = _as_index(index, len(base))
+        self._index = tfds_data.as_index(index, len(base))
         self.labels = np.asarray(base.labels, dtype=np.int64)[self._index]
         self.clean_labels = np.asarray(base.clean_labels, dtype=np.int64)[self._index]
         self.image_shape = tuple(base.image_shape)
@@ -130,11 +123,11 @@ class SubsetSplit:
 
     def images(self, idx: Any) -> np.ndarray:
         """uint8 (n, H, W, C): ``base.images(index[idx])``."""
-        return self._base.images(self._index[_as_index(idx, len(self))])
+        return self._base.images(self._index[tfds_data.as_index(idx, len(self))])
 
     def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
         """uint8 (n, H, W, C): ``base.train_images(index[idx], rng)``."""
-        return self._base.train_images(self._index[_as_index(idx, len(self))], rng)
+        return self._base.train_images(self._index[tfds_data.as_index(idx, len(self))], rng)
 
 
 class ConcatSplit:
@@ -163,7 +156,7 @@ class ConcatSplit:
         return self._offset + len(self._parts[1])
 
     def _gather(self, idx: Any, read) -> np.ndarray:
-        index = _as_index(idx, len(self))
+        index = tfds_data.as_index(idx, len(self))
         second = index >= self._offset
         out = None
         for part, mask, shift in ((0, ~second, 0), (1, second, self._offset)):
@@ -183,76 +176,6 @@ class ConcatSplit:
     def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
         """As ``images``, through each split's ``train_images`` (random decoding)."""
         return self._gather(idx, lambda part, i: part.train_images(i, rng))
-
-
-class _RecordReader:
-    """Random access over one or more TFDS data sources laid end to end."""
-
-    def __init__(self, sources: Sequence[Any]):
-        self._sources = list(sources)
-        self._offsets = np.cumsum([0] + [len(s) for s in self._sources])
-        self._batched = [True] * len(self._sources)
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def read(self, index: np.ndarray) -> list[dict[str, Any]]:
-        out: list[Any] = [None] * index.size
-        which = np.searchsorted(self._offsets, index, side="right") - 1
-        for s in np.unique(which):
-            pos = np.flatnonzero(which == s)
-            keys = [int(k) for k in index[pos] - self._offsets[s]]
-            records = None
-            if self._batched[s]:
-                try:
-                    records = self._sources[s].__getitems__(keys)
-                except (TypeError, AttributeError):  # tfds 4.9.10's default mock lacks it
-                    self._batched[s] = False
-            if records is None:
-                records = [self._sources[s][k] for k in keys]
-            for p, r in zip(pos, records):
-                out[p] = r
-        return out
-
-
-class TfdsSplit:
-    """A lazily read TFDS split (records decoded on demand).
-
-    Args:
-        reader: the records.
-        labels, clean_labels: int64 (n,).
-        image_shape: (H, W, C) of the images it returns.
-        train_size, eval_resize: for variable-size images (ImageNet) the random-resized-crop
-            size of ``train_images`` and the shorter-side resize before the centre crop of
-            ``images``; None for fixed-size data.
-    """
-
-    def __init__(self, reader: _RecordReader, labels: np.ndarray, clean_labels: np.ndarray,
-                 image_shape: tuple[int, int, int], train_size: int | None = None,
-                 eval_resize: int | None = None):
-        self._reader = reader
-        self.labels, self.clean_labels = labels, clean_labels
-        self.image_shape = image_shape
-        self._train_size, self._eval_resize = train_size, eval_resize
-
-    def __len__(self) -> int:
-        return len(self._reader)
-
-    def _raw(self, idx: Any) -> list[np.ndarray]:
-        return [np.asarray(r["image"]) for r in self._reader.read(_as_index(idx, len(self)))]
-
-    def images(self, idx: Any) -> np.ndarray:
-        """uint8 (n, H, W, C); variable-size images are resized and centre-cropped."""
-        raw = self._raw(idx)
-        if self._train_size is None:
-            return np.stack(raw).astype(np.uint8, copy=False).reshape((-1, *self.image_shape))
-        return imagenet.resize_center_crop(raw, self._eval_resize, self._train_size)
-
-    def train_images(self, idx: Any, rng: np.random.Generator) -> np.ndarray:
-        """uint8 (n, H, W, C); variable-size images get a random-resized crop from ``rng``."""
-        if self._train_size is None:
-            return self.images(idx)
-        return imagenet.random_resized_crop(self._raw(idx), self._train_size, rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +199,8 @@ class Source:
         truth_known: whether ``train.clean_labels`` are true labels. False for user data:
             its train labels are the labels the user was given, maybe noisy, and
             ``clean_labels`` merely repeats them.
-        class_names: names of classes 0..C-1 where known (user data), else ().
+        class_names: names of classes 0..C-1 where known (user data; TFDS: the ClassLabel's
+            names), else ().
         fingerprint: content hash of user data ("" for TFDS / embedded data); saved with
             the split so that a changed dataset is refused on resume.
         test_from: ``"test"``, or ``"val"`` when ``test`` is the validation split standing
@@ -297,9 +221,9 @@ class Source:
     test_from: str = "test"
 
     def notes(self) -> dict[str, Any]:
-        """What a run summary must say about this data beyond the numbers (user data:
-        class names, fingerprint, unknown label truth, test set stand-in); {} for TFDS /
-        embedded data."""
+        """What a run summary must say about this data beyond the numbers: class names
+        (user and TFDS data), and for user data its fingerprint, unknown label truth and
+        test set stand-in; {} for the embedded mnist5k."""
         out: dict[str, Any] = {}
         if self.class_names:
             out["class_names"] = list(self.class_names)
@@ -314,82 +238,6 @@ class Source:
                                "on the clean validation split, which also drives the hyper "
                                "steps and model selection, so they are not held-out estimates")
         return out
-
-
-def _prepare_hint(name: str, data_dir: str | None) -> str:
-    where = data_dir or "~/tensorflow_datasets"
-    manual = ("; ImageNet and CIFAR-N need their manual files in <data_dir>/downloads/manual "
-              "first" if name in ("imagenet2012", "cifar10_n", "cifar100_n") else "")
-    return (f"Dataset {name!r} is not prepared under data_dir={where!r}. Prepare it once on a "
-            f"machine with TensorFlow and network access: `tfds build {name} "
-            f"--data_dir={where} --file_format=array_record`{manual}; then pass "
-            f"--data_dir={where}. Training never downloads data.")
-
-
-def _tfds_sources(name: str, splits: Sequence[str], data_dir: str | None) -> list[Any]:
-    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
-    out = []
-    for split in splits:
-        try:
-            out.append(tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                        try_gcs=False))
-        except Exception as e:  # tfds raises assorted errors for missing/partial data
-            raise DatasetNotPreparedError(_prepare_hint(name, data_dir) +
-                                          f" (split {split!r}: {type(e).__name__}: {e})") from e
-    return out
-
-
-def _read_labels(sources: Sequence[Any], splits: Sequence[str], key: str, name: str,
-                 data_dir: str | None) -> np.ndarray:
-    """Reads one int label field of every record, skipping image decoding where possible."""
-    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
-    labels = []
-    for src, split in zip(sources, splits):
-        try:
-            fast = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                    decoders={"image": tfds.decode.SkipDecoding()})
-            values = [fast[i][key] for i in range(len(src))]
-        except Exception:  # noqa: BLE001  mock data cannot skip decoding
-            values = [src[i][key] for i in range(len(src))]
-        labels.append(np.asarray(values, dtype=np.int64).reshape(-1))
-    return np.concatenate(labels) if labels else np.zeros((0,), np.int64)
-
-
-def _load_tfds_split(name: str, splits: Sequence[str], data_dir: str | None,
-                     label_key: str, image_shape: tuple, in_memory: bool,
-                     image_size: int) -> Any:
-    sources = _tfds_sources(name, splits, data_dir)
-    reader = _RecordReader(sources)
-    if in_memory:
-        records = reader.read(np.arange(len(reader)))
-        images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
-        labels = np.array([r[label_key] for r in records], dtype=np.int64)
-        clean = np.array([r["label"] for r in records], dtype=np.int64)
-        return ArraySplit(images.reshape((-1, *image_shape)), labels, clean)
-    labels = _read_labels(sources, splits, label_key, name, data_dir)
-    clean = (labels if label_key == "label"
-             else _read_labels(sources, splits, "label", name, data_dir))
-    if None in image_shape:
-        channels = image_shape[2] or 3
-        return TfdsSplit(reader, labels, clean, (image_size, image_size, channels),
-                         train_size=image_size, eval_resize=round(image_size * 256 / 224))
-    return TfdsSplit(reader, labels, clean, tuple(image_shape))
-
-
-def _tfds_info(name: str, data_dir: str | None) -> tuple[int, tuple]:
-    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for mnist5k
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(
-            f"unknown dataset name {name!r}: allowed are {sorted(DATASETS)} or any TFDS "
-            "image-classification dataset name") from None
-    features = builder.info.features
-    if "image" not in features or "label" not in features or not hasattr(
-        features["label"], "num_classes"):
-        raise ValueError(f"dataset {name!r} is not an image-classification dataset: it needs "
-                         f"an 'image' and a ClassLabel 'label' feature, has {list(features)}")
-    return int(features["label"].num_classes), tuple(features["image"].shape)
 
 
 def image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -422,8 +270,10 @@ def load_source(name: str, *, data_dir: str | None = None, label_key: str | None
             ``data_dir`` unused).
         data_dir: TFDS data directory holding prepared array_record files.
         label_key: label feature used as the given train labels (CIFAR-N: one of the noisy
-            annotation keys, default ``aggre_label`` / ``noise_label``; the clean ``label``
-            stays known as ``clean_labels``). Test labels are always the clean ``label``.
+            annotation keys, default ``aggre_label`` / ``noise_label``; another TFDS dataset:
+            any ClassLabel feature with the classes of ``label``, default ``label``); the
+            clean ``label`` stays known as ``clean_labels``. Test labels are always the clean
+            ``label``.
         extra: SVHN only: append the ``extra`` split (531,131 digits) to train.
         in_memory: decode the whole split into a uint8 array once (default: True for
             fixed-size images, False for variable-size ones such as ImageNet; user data is
@@ -446,10 +296,9 @@ def load_source(name: str, *, data_dir: str | None = None, label_key: str | None
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     info = DATASETS.get(name)
-    keys = info.label_keys if info else ("label",)
-    label_key = keys[0] if label_key is None else label_key
-    if label_key not in keys:
-        raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}; allowed: {keys}")
+    if info and label_key is not None and label_key not in info.label_keys:
+        raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}; allowed: "
+                         f"{info.label_keys}")
     if extra and name != "svhn_cropped":
         raise ValueError(f"extra=True is only allowed for 'svhn_cropped', not {name!r}")
     size = None if image_size is None else image_size_pair(image_size)
@@ -465,7 +314,13 @@ def load_source(name: str, *, data_dir: str | None = None, label_key: str | None
         arrays = _mnist5k.load_mnist5k_arrays()
         return Source(name, 10, (28, 28, 1), info.family, info.val_size, "label",
                       ArraySplit(*arrays["train"]), ArraySplit(*arrays["test"]))
-    num_classes, shape = _tfds_info(name, data_dir)
+    meta = tfds_data.dataset_info(name, data_dir)
+    keys = info.label_keys if info else meta.label_keys
+    label_key = keys[0] if label_key is None else label_key
+    if label_key not in keys:
+        raise ValueError(f"label_key={label_key!r} is not allowed for {name!r}: its ClassLabel "
+                         f"features with the classes of 'label' are {keys}")
+    num_classes, shape = meta.num_classes, meta.image_shape
     if size is not None and (None not in shape or size[0] != size[1]):
         raise ValueError(f"image_size={image_size!r}: for TFDS data only a square size of "
                          f"variable-size images (such as imagenet2012); {name!r} has "
@@ -479,9 +334,9 @@ def load_source(name: str, *, data_dir: str | None = None, label_key: str | None
         info = DatasetInfo("generic", GENERIC_VAL_FRACTION)
     val_size = SVHN_EXTRA_VAL_SIZE if extra else info.val_size
     train_splits = ("train", "extra") if extra else ("train",)
-    train = _load_tfds_split(name, train_splits, data_dir, label_key, shape, in_memory,
-                             image_size)
-    test = _load_tfds_split(name, (info.test_split,), data_dir, "label", shape, in_memory,
-                            image_size)
+    train = tfds_data.load_split(name, train_splits, data_dir, label_key, shape, in_memory,
+                                 image_size)
+    test = tfds_data.load_split(name, (info.test_split,), data_dir, "label", shape, in_memory,
+                                image_size)
     return Source(name + ("+extra" if extra else ""), num_classes, tuple(train.image_shape),
-                  info.family, val_size, label_key, train, test)
+                  info.family, val_size, label_key, train, test, class_names=meta.class_names)

@@ -139,8 +139,10 @@ def _decode(root: str, rel: str) -> tuple[bytes, np.ndarray, bool]:
     except ImageFolderError:
         raise
     except Exception as err:  # noqa: BLE001  PIL raises assorted errors on corrupt files
-        raise ImageFolderError(f"cannot read image {rel}: "
-                               f"{type(err).__name__}: {' '.join(str(err).split())}") from None
+        why = ("not an image file that PIL can identify (corrupt, or not PNG/JPEG)"
+               if isinstance(err, Image.UnidentifiedImageError) else
+               f"{type(err).__name__}: {' '.join(str(err).split())}")
+        raise ImageFolderError(f"cannot read image {rel}: {why}") from None
     return data, image.reshape(image.shape[0], image.shape[1], -1), gray
 
 
