@@ -1,4 +1,4 @@
-"""Files of a run directory other than checkpoints and metrics, written atomically.
+"""Files of a run directory other than checkpoints, written atomically, and their readers.
 
 - ``config.json``: the Config of the run (see experiments.config);
 - ``summary.json``: the final numbers (see experiments.summary);
@@ -11,6 +11,8 @@
     ``clean_labels_known`` (False for user data: ``clean_labels`` are then the given labels
     before synthetic noise and ``noisy`` marks only the synthetically redrawn labels);
     ``op_names`` (K,).
+- ``metrics.jsonl``: read here (:func:`read_metrics`), written by
+  ``experiments.metric_writer``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "final_table.npz"
+METRICS_FILE = "metrics.jsonl"
 
 
 def atomic_write(path: str, write) -> None:
@@ -70,6 +73,26 @@ def load_final_table(workdir: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """Records of ``workdir/metrics.jsonl`` (optionally of one kind); [] if absent."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if kind is None or rec.get("kind") == kind:
+                out.append(rec)
+    return out
+
+
 def volatile_summary_field(name: str) -> bool:
     """Summary fields that differ between any two runs of one configuration: times and
     rates (``*_s``: wall_time_s, pass_time_s, images_per_s, ...) and the workdir."""
@@ -81,7 +104,6 @@ def run_differences(workdir_a: str, workdir_b: str) -> list[str]:
     :func:`volatile_summary_field` s), every array of final_table.npz (bitwise) and every record of
     metrics.jsonl (without the ``*time_s`` fields). [] when they are the same.
     """
-    from experiments.metric_writer import read_metrics  # local: metric_writer imports this module
     out = []
     sa, sb = (read_json(os.path.join(w, SUMMARY_FILE)) for w in (workdir_a, workdir_b))
     for k in sorted(set(sa) | set(sb)):

@@ -16,9 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from experiments.artifacts import atomic_write
-
-METRICS_FILE = "metrics.jsonl"
+from experiments.artifacts import METRICS_FILE, atomic_write, read_metrics
 
 
 def _plain(v: Any) -> Any:
@@ -26,26 +24,6 @@ def _plain(v: Any) -> Any:
         v = np.asarray(v)
         return v.item() if v.ndim == 0 else v.tolist()
     return v
-
-
-def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
-    """Records of ``workdir/metrics.jsonl`` (optionally of one kind); [] if absent."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if kind is None or rec.get("kind") == kind:
-                out.append(rec)
-    return out
 
 
 class MetricWriter:

@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 
 from autodo_jax.losses import loss_weight  # noqa: E402
 from experiments import artifacts  # noqa: E402
-from experiments.metric_writer import read_metrics  # noqa: E402
+from experiments.artifacts import read_metrics  # noqa: E402
 from experiments.summary import weight_auc  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from autodo_jax import parallel
 from experiments import (artifacts, config as cfg_lib, memory_check, run_setup, trainer,
                          workdir_lock)
 from experiments.checkpointing import Checkpointer
-from experiments.metric_writer import read_metrics
+from experiments.artifacts import read_metrics
 from experiments.preemption import Preempted
 from experiments.pipes import build_pipes
 from experiments.progress import Diverged

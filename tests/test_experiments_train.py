@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from autodo_jax import train as train_lib
 from experiments import artifacts, config as cfg_lib, results, run_setup, trainer, visualize
-from experiments.metric_writer import read_metrics
+from experiments.artifacts import read_metrics
 
 TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
             hyper_start_epoch=1, max_steps_per_epoch=2, eval_limit=64, subsample_ratio=0.2,

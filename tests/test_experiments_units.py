@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from experiments import artifacts, config as cfg_lib, config_checks, results, run_setup, summary, visualize
-from experiments.metric_writer import MetricWriter, read_metrics
+from experiments.artifacts import read_metrics
+from experiments.metric_writer import MetricWriter
 
 
 # ------------------------------------------------------------------ config

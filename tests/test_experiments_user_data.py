@@ -16,7 +16,7 @@ from PIL import Image
 from autodo_jax import parallel
 from experiments import artifacts, config as cfg_lib, config_checks, run_setup, trainer, visualize
 from experiments.pipes import build_pipes
-from experiments.metric_writer import read_metrics
+from experiments.artifacts import read_metrics
 from test_experiments_train import REPO, TINY
 
 ROWS, VAL, CLASSES, HW = 394, 40, 10, 28

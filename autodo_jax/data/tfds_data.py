@@ -16,19 +16,11 @@ from typing import Any
 import numpy as np
 
 from autodo_jax.data import imagenet
+from autodo_jax.data.types import ArraySplit, as_index
 
 
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset has no prepared array_record files under the data directory."""
-
-
-def as_index(idx: Any, n: int) -> np.ndarray:
-    """``idx`` as an int64 (k,) index into a split of ``n`` examples (IndexError if out of
-    range)."""
-    index = np.asarray(idx, dtype=np.int64).reshape(-1)
-    if index.size and (index.min() < 0 or index.max() >= n):
-        raise IndexError(f"indices must lie in [0, {n}), got [{index.min()}, {index.max()}]")
-    return index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +199,6 @@ def load_split(name: str, splits: Sequence[str], data_dir: str | None, label_key
         images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
         labels = np.array([r[label_key] for r in records], dtype=np.int64)
         clean = np.array([r["label"] for r in records], dtype=np.int64)
-        from autodo_jax.data.sources import ArraySplit  # lazy: it imports this module
         return ArraySplit(images.reshape((-1, *image_shape)), labels, clean)
     labels = _read_labels(sources, splits, label_key, name, data_dir)
     clean = (labels if label_key == "label"

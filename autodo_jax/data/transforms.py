@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from autodo_jax.data import policies as _policies
-from autodo_jax.data.sources import DATASETS
+from autodo_jax.data.types import DATASETS
 
 PolicyOp = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -65,7 +65,7 @@ FAMILIES: dict[str, Family] = {
                       (3, 15), (1, 15), "fa_reduced_cifar10", "dada_reduced_cifar10"),
     "cifar100": Family((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True, True,
                        (3, 15), (1, 15), "fa_reduced_cifar10", "dada_reduced_cifar100"),
-    # Random-resized crop happens when the source decodes (sources.TfdsSplit).
+    # Random-resized crop happens when the source decodes (tfds_data.TfdsSplit).
     "imagenet": Family((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, False,
                        (2, 9), (2, 9), "fa_resnet50_rimagenet", "dada_resnet50_rimagenet"),
     "generic": Family((0.5,), (0.25,), 0, False, False, (2, 9), (2, 9), None, None),

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autodo_jax.data import sources, transforms
+from autodo_jax.data import transforms, types
 
 KINDS = ("folder", "npz")
 SPLITS = ("train", "val", "test")
@@ -359,7 +359,7 @@ def _resize_arrays(splits: dict[str, tuple[np.ndarray, np.ndarray]],
 # Both
 
 
-def load_user_source(name: str, *, image_size: tuple[int, int] | None = None) -> sources.Source:
+def load_user_source(name: str, *, image_size: tuple[int, int] | None = None) -> types.Source:
     """Loads ``folder:PATH`` or ``npz:PATH`` (see the module doc) into memory.
 
     Args:
@@ -367,7 +367,7 @@ def load_user_source(name: str, *, image_size: tuple[int, int] | None = None) ->
         image_size: (H, W) every image is resized to, or None to keep the data's size.
 
     Returns:
-        A ``sources.Source``: ``train`` (given labels, ``truth_known=False``), ``val`` and
+        A ``types.Source``: ``train`` (given labels, ``truth_known=False``), ``val`` and
         ``test`` ``ArraySplit``s or None where absent, ``class_names``, ``fingerprint``,
         a ``transforms.Family`` from the train images, ``val_size`` = the given val's size
         (else 10% of train, carved out by ``distortion.make_split``).
@@ -390,11 +390,11 @@ def load_user_source(name: str, *, image_size: tuple[int, int] | None = None) ->
     if empty:
         raise UserDataError(f"class {empty[0]} ({class_names[empty[0]]!r}) has no train "
                               "examples (an empty class); every class needs at least one")
-    made = {s: sources.ArraySplit(*splits[s]) if s in splits else None for s in SPLITS}
+    made = {s: types.ArraySplit(*splits[s]) if s in splits else None for s in SPLITS}
     val = made["val"]
-    return sources.Source(
+    return types.Source(
         name=name, num_classes=len(class_names), image_shape=made["train"].image_shape,
         family=transforms.family_from_images(train_x, name=f"user data ({name})"),
-        val_size=len(val) if val is not None else sources.GENERIC_VAL_FRACTION,
+        val_size=len(val) if val is not None else types.GENERIC_VAL_FRACTION,
         label_key="label", train=made["train"], test=made["test"], val=val,
         truth_known=False, class_names=tuple(class_names), fingerprint=fingerprint)
