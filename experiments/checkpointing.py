@@ -35,6 +35,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import types
 from typing import Any, Callable
 
 import jax
@@ -175,6 +177,30 @@ def _agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
 
 
+def _drop_orbax_abandoned_reads() -> None:
+    """Keeps the shard reads Orbax abandons after one read of a restore fails from printing.
+
+    Orbax leaves the other reads suspended; when Python later closes them (at some
+    collection, often at exit) Orbax turns the close into an exception, and each one prints
+    an "Exception ignored" traceback. The failure itself is already logged in one line, so
+    from the first failed restore on, exactly these are dropped; every other unraisable
+    exception still goes to the hook that was installed. Installed once per process.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orbax_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        coro = unraisable.object
+        if not (isinstance(coro, types.CoroutineType)
+                and coro.__qualname__ == "_read_array_index_and_device_put"
+                and isinstance(getattr(unraisable.exc_value, "__cause__", None), GeneratorExit)):
+            previous(unraisable)
+
+    hook._drops_orbax_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
 def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
 
@@ -278,6 +304,8 @@ class Checkpointer:
             leaves = treedef.flatten_up_to(restored["state"])
         except Exception as err:  # noqa: BLE001
             error, leaves = _one_line(err), None
+        if error is not None:
+            _drop_orbax_abandoned_reads()
         if not _agree(error is None):
             raise _Unreadable(error or "unreadable on another process")
         record, _ = _integrity(treedef.unflatten(leaves))
