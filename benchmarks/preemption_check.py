@@ -6,7 +6,7 @@ order; each delay after the start drawn uniformly from 2-30 % of the reference's
 time, so that every interruption lands before the job is done and some land during
 start-up, compilation or a checkpoint save), each followed by the same command, until one
 run finishes.
-Then ``experiments.artifacts.run_differences`` compares summary, final table and metrics.
+Then ``experiments.workdir.run_differences`` compares summary, final table and metrics.
 Optionally (``--device_change``) a run stopped after epoch 1 on N devices is resumed on
 N/2 devices: it must re-shard and finish, moving nothing aside.
 
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from experiments import artifacts
+from experiments import workdir as workdir_lib
 from experiments.local_cluster import Job
 
 RUN = dict(epochs=6, batch_size=32, hyper_batch_size=64, eval_batch_size=256,
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         if not sent or code not in (expected, -15):
             ok = False
     code, secs, _ = _run(settings, wd, a.devices, f"{wd}.final")
-    diffs = artifacts.run_differences(ref, wd) if code == 0 else ["final run failed"]
+    diffs = workdir_lib.run_differences(ref, wd) if code == 0 else ["final run failed"]
     ok = ok and code == 0 and not diffs
     corrupt = os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
     out = {"final_exit": code, "differences": diffs, "interruptions": len(plan),

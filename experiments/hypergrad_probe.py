@@ -42,8 +42,9 @@ from absl import app, flags
 
 from autodo_jax import implicit, losses, models, parallel
 from autodo_jax.data import distortion, transforms
-from experiments import artifacts, pipes as pipes_lib, run_setup, summary as summary_lib, trainer
+from experiments import pipes as pipes_lib, run_setup, summary as summary_lib, trainer
 from experiments import config as cfg_lib
+from experiments import workdir as workdir_lib
 
 
 def load_run(workdir: str) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def load_run(workdir: str) -> dict[str, Any]:
     Returns:
       {"config", "data", "state", "epoch", "cfg" (StepConfig)}.
     """
-    config = cfg_lib.from_dict(artifacts.read_json(os.path.join(workdir, artifacts.CONFIG_FILE)))
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    config = cfg_lib.from_dict(workdir_lib.read_json(path))
     data = run_setup.load_data(config)
     mesh = parallel.make_mesh(config.num_devices or None)  # the run's device count
     pipes = pipes_lib.build_pipes(config, data, mesh)

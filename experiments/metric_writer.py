@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from experiments.artifacts import METRICS_FILE, atomic_write, read_metrics
+from experiments.workdir import METRICS_FILE, TENSORBOARD_DIR, atomic_write, read_metrics
 
 
 def _plain(v: Any) -> Any:
@@ -30,7 +30,7 @@ class MetricWriter:
     """Appends metric records to metrics.jsonl and TensorBoard.
 
     Args:
-      workdir: run directory; events go to ``workdir/tensorboard``.
+      workdir: run directory; events go to ``workdir/tensorboard`` (``workdir.TENSORBOARD_DIR``).
       resume_epoch: completed epochs of the checkpoint being resumed (None = fresh run).
       resume_step: global step of that checkpoint (TensorBoard purges events >= it).
       enabled: False on non-zero processes (writes nothing).
@@ -47,11 +47,10 @@ class MetricWriter:
         keep = []
         if resume_epoch is not None:
             keep = [r for r in read_metrics(workdir) if r.get("epoch", 0) <= resume_epoch]
-        data = "".join(json.dumps(rec) + "\n" for rec in keep).encode()
-        atomic_write(self._path, lambda f: f.write(data))
+        atomic_write(self._path, "".join(json.dumps(rec) + "\n" for rec in keep))
         from tensorboardX import SummaryWriter  # local: keeps import of this module light
         purge = resume_step if resume_epoch is not None else None
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), purge_step=purge)
+        self._tb = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge)
 
     def write(self, kind: str, step: int, epoch: int, values: Mapping[str, Any]) -> None:
         if not self._enabled:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from typing import Any, Iterable, Sequence
@@ -37,6 +36,7 @@ from absl import app, flags
 
 from experiments import config as cfg_lib
 from experiments.config import METHODS
+from experiments.workdir import CONFIG_FILE, SUMMARY_FILE, read_json
 
 METRIC_KEYS = {
     "final": "test_accuracy_final",
@@ -63,16 +63,10 @@ def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file or directory: {path}")
         for root, _, files in os.walk(path):
-            if "summary.json" in files and "config.json" in files:
+            if SUMMARY_FILE in files and CONFIG_FILE in files:
                 dirs.add(root)
-    runs = []
-    for d in sorted(dirs):
-        with open(os.path.join(d, "config.json")) as f:
-            config = json.load(f)
-        with open(os.path.join(d, "summary.json")) as f:
-            summary = json.load(f)
-        runs.append({"dir": d, "config": config, "summary": summary})
-    return runs
+    return [{"dir": d, "config": read_json(os.path.join(d, CONFIG_FILE)),
+             "summary": read_json(os.path.join(d, SUMMARY_FILE))} for d in sorted(dirs)]
 
 
 #: Result fields that place a run inside a table (row, column, averaged over) rather than

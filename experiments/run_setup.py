@@ -17,9 +17,9 @@ import numpy as np
 
 from autodo_jax import models
 from autodo_jax.data import distortion, sources, transforms, user_sources
-from experiments import artifacts
 from experiments import config as cfg_lib
 from experiments import config_checks
+from experiments import workdir as workdir_lib
 
 SPLIT_FILE = distortion.SPLIT_FILENAME
 
@@ -201,14 +201,14 @@ def check_workdir(config: cfg_lib.Config, workdir: str) -> bool:
     Returns:
       True when the workdir already holds this configuration's config.json (resume).
     """
-    path = os.path.join(workdir, artifacts.CONFIG_FILE)
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     error = workdir_error(workdir)
     if error:
         raise ConfigError([error])
     if not os.path.exists(path):
         return False
     try:
-        saved = artifacts.read_json(path)
+        saved = workdir_lib.read_json(path)
     except (OSError, ValueError) as err:
         raise ConfigError([f"--workdir={workdir}: unreadable {path} ({err}); "
                            "use another --workdir"]) from None
@@ -263,9 +263,9 @@ def write_run_files(config: cfg_lib.Config, workdir: str, data: Data) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, artifacts.CONFIG_FILE)
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     if not os.path.exists(path):
-        artifacts.write_json(path, config.to_dict())
+        workdir_lib.write_json(path, config.to_dict())
     split_path = os.path.join(workdir, SPLIT_FILE)
     if not os.path.exists(split_path):
         distortion.save_split(split_path, data.split, data.distortion, data.source)

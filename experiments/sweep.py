@@ -41,9 +41,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import app, flags
 
-from experiments import artifacts
 from experiments import config as cfg_lib
 from experiments import config_checks
+from experiments import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +98,7 @@ class Run:
         return os.path.basename(self.workdir)
 
     def finished(self) -> bool:
-        return os.path.exists(os.path.join(self.workdir, artifacts.SUMMARY_FILE))
+        return os.path.exists(os.path.join(self.workdir, workdir_lib.SUMMARY_FILE))
 
     def flags(self) -> list[str]:
         """The ``experiments.train`` flags of this run (fields that differ from the

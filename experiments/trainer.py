@@ -49,8 +49,8 @@ import numpy as np
 
 from autodo_jax import augment, losses, parallel, train
 from autodo_jax.data import pipeline
-from experiments import (artifacts, guard, memory_check, run_setup, summary as summary_lib,
-                         workdir_lock)
+from experiments import guard, memory_check, run_setup, summary as summary_lib
+from experiments import workdir as workdir_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
                                        NonFiniteStateError)
@@ -62,7 +62,6 @@ from experiments.pipes import (Pipes, build_pipes, default_data_workers,
                                loader_position)
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
 
-CHECKPOINT_DIR = "checkpoints"
 #: Dispatches between reads of the step metrics (the numerical guard's check).
 FLUSH_EVERY = 16
 
@@ -89,7 +88,7 @@ class Trainer:
         self.t_start = time.time() if t_start is None else t_start
         self.mesh, self.pipes = mesh, pipes
         self.is_main = jax.process_index() == 0
-        self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), log=log)
+        self.ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), log=log)
         self.hyper = cfg_lib.has_hyper_steps(config.method)
         self.data_workers = config.data_workers or default_data_workers()
         self.steps_per_dispatch = config.steps_per_dispatch or default_steps_per_dispatch()
@@ -322,7 +321,7 @@ class Trainer:
                     summary_lib.appended_rows_weights(
                         np.asarray(losses.loss_weight(rows["weight"])), split.num_train))
         if table is not None and self.is_main:
-            artifacts.save_final_table(
+            workdir_lib.save_final_table(
                 self.workdir, table, given_labels=split.train_labels,
                 clean_labels=split.train_clean_labels, noisy=split.noisy,
                 clean_labels_known=src.truth_known,
@@ -344,7 +343,7 @@ class Trainer:
                    "workdir": os.path.abspath(self.workdir), **prog.skipped_totals(),
                    **appended, **src.notes(), **mwn_curve(state)})
         if self.is_main:
-            artifacts.write_json(os.path.join(self.workdir, artifacts.SUMMARY_FILE), out)
+            workdir_lib.write_json(os.path.join(self.workdir, workdir_lib.SUMMARY_FILE), out)
         return out
 
 
@@ -387,9 +386,9 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
         if isinstance(note, str):
             log(f"{key}: {note}")
     try:
-        with workdir_lock.hold(workdir, log):
+        with workdir_lib.hold(workdir, log):
             run_setup.write_run_files(config, workdir, data)
             parallel.barrier("autodo_jax:run_files")  # process 0 wrote them; all read them
             return Trainer(config, workdir, data, mesh, pipes, step_cfg, log, t_start).run()
-    except workdir_lock.WorkdirBusyError as err:
+    except workdir_lib.WorkdirBusyError as err:
         raise ConfigError([str(err)]) from None

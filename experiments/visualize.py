@@ -25,8 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from autodo_jax.losses import loss_weight  # noqa: E402
-from experiments import artifacts  # noqa: E402
-from experiments.artifacts import read_metrics  # noqa: E402
+from experiments.workdir import load_final_table, read_metrics  # noqa: E402
 from experiments.summary import weight_auc  # noqa: E402
 
 
@@ -151,7 +150,7 @@ def make_plots(workdir: str, out_dir: str | None = None) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = [plot_curves(workdir, os.path.join(out_dir, "curves.png"))]
     try:
-        t = artifacts.load_final_table(workdir)
+        t = load_final_table(workdir)
     except FileNotFoundError:
         t = None
     if t is not None:

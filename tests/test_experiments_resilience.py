@@ -20,13 +20,13 @@ import pytest
 from PIL import Image
 
 from autodo_jax import parallel
-from experiments import (artifacts, config as cfg_lib, memory_check, run_setup, trainer,
-                         workdir_lock)
+from experiments import config as cfg_lib, memory_check, run_setup, trainer
+from experiments import workdir as workdir_lib
 from experiments.checkpointing import Checkpointer
-from experiments.artifacts import read_metrics
 from experiments.preemption import Preempted
 from experiments.pipes import build_pipes
 from experiments.progress import Diverged
+from experiments.workdir import read_metrics
 
 #: 2 epochs of 6 inner steps (3 dispatches of K = 2), a hyper pass of 6 steps in epoch 2.
 TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
@@ -39,7 +39,7 @@ def _run(workdir, log=lambda m: None, **changes):
 
 def assert_same_run(a, b):
     """Two finished workdirs hold the same results (summary, final table, metrics)."""
-    assert artifacts.run_differences(str(a), str(b)) == []
+    assert workdir_lib.run_differences(str(a), str(b)) == []
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +97,14 @@ def test_kill_9_with_step_checkpoints_resumes_to_the_same_result(straight, tmp_p
 @pytest.mark.slow
 def test_workdir_in_use_is_refused_and_a_stale_lock_is_not(tmp_path):
     wd = tmp_path / "wd"
-    with workdir_lock.hold(str(wd)):
+    with workdir_lib.hold(str(wd)):
         before = sorted(os.listdir(wd))
         with pytest.raises(trainer.ConfigError) as err:
             _run(wd, epochs=1, hyper_start_epoch=0)
         assert err.value.lines[0].startswith(f"--workdir={wd}: in use by a running job (pid "
                                              f"{os.getpid()} on ")
         assert sorted(os.listdir(wd)) == before
-    with open(wd / workdir_lock.LOCK_FILE, "w") as f:  # a killed run's lock file
+    with open(wd / workdir_lib.LOCK_FILE, "w") as f:  # a killed run's lock file
         json.dump({"pid": 999999, "host": "gone", "started": "then"}, f)
     out = _run(wd, epochs=1, hyper_start_epoch=0, method="none")
     assert 0 <= out["test_accuracy_final"] <= 1
@@ -156,7 +156,7 @@ def test_a_diverging_run_exits_3_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_skipped_steps_are_reported_in_the_summary(straight):
-    s = artifacts.read_json(os.path.join(str(straight), "summary.json"))
+    s = workdir_lib.read_json(os.path.join(str(straight), "summary.json"))
     assert s["skipped_inner_steps"] == 0 and s["skipped_hyper_steps"] == 0
 
 

@@ -16,7 +16,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from autodo_jax.data import sources
-from experiments import artifacts, config as cfg_lib, run_setup, trainer
+from experiments import config as cfg_lib, run_setup, trainer
+from experiments import workdir as workdir_lib
 from test_experiments_user_data import AS_GIVEN
 
 NAME = "autodo_test_digits"
@@ -124,4 +125,4 @@ def test_trains_end_to_end_by_name_from_data_dir(data_dir, tmp_path):
         noisy = int((src.train.labels[index] != src.train.clean_labels[index]).sum())
     assert summary["num_noisy_train"] == noisy > 0
     assert 0.0 <= summary["weight_auc_clean_vs_noisy"] <= 1.0
-    assert artifacts.load_final_table(str(tmp_path / "wd"))["weight"].shape == (TRAIN - VAL,)
+    assert workdir_lib.load_final_table(str(tmp_path / "wd"))["weight"].shape == (TRAIN - VAL,)

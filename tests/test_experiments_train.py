@@ -17,8 +17,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from autodo_jax import train as train_lib
-from experiments import artifacts, config as cfg_lib, results, run_setup, trainer, visualize
-from experiments.artifacts import read_metrics
+from experiments import config as cfg_lib, results, run_setup, trainer, visualize
+from experiments import workdir as workdir_lib
+from experiments.workdir import read_metrics
 
 TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
             hyper_start_epoch=1, max_steps_per_epoch=2, eval_limit=64, subsample_ratio=0.2,
@@ -44,7 +45,7 @@ def test_finished_workdir_contents(finished):
     names = set(os.listdir(wd))
     assert {"config.json", "split.npz", "checkpoints", "metrics.jsonl", "tensorboard",
             "summary.json", "final_table.npz"} <= names
-    assert artifacts.read_json(os.path.join(wd, "summary.json")) == summary
+    assert workdir_lib.read_json(os.path.join(wd, "summary.json")) == summary
     assert summary["num_devices"] == 8 and summary["hyper_images"] == 16 * 2
     for key in ("test_accuracy_final", "test_accuracy_val_selected",
                 "test_accuracy_best_on_test_paper_protocol", "minority_accuracy_final",
@@ -54,7 +55,7 @@ def test_finished_workdir_contents(finished):
     epochs = read_metrics(str(wd), "epoch")
     assert [r["epoch"] for r in epochs] == [1, 2]
     assert "hyper_val_loss" in epochs[1] and "hyper_val_loss" not in epochs[0]
-    table = artifacts.load_final_table(str(wd))
+    table = workdir_lib.load_final_table(str(wd))
     n = summary["num_train"]
     assert table["aug_p"].shape == (n, 7) and table["weight"].shape == (n,)
     assert table["soft"].shape == (n, 10) and table["noisy"].shape == (n,)
@@ -72,8 +73,8 @@ def test_resume_reaches_the_same_result(finished, tmp_path):
     for key in ("test_accuracy_final", "test_accuracy_val_selected", "per_class_accuracy_final",
                 "weight_auc_clean_vs_noisy", "soft_label_noisy_fixed_fraction", "epochs"):
         assert resumed[key] == straight[key], key
-    a = artifacts.load_final_table(str(finished[0]))
-    b = artifacts.load_final_table(str(tmp_path))
+    a = workdir_lib.load_final_table(str(finished[0]))
+    b = workdir_lib.load_final_table(str(tmp_path))
     for k in ("aug_p", "aug_m", "weight", "soft"):
         np.testing.assert_array_equal(a[k], b[k])
     assert [r["epoch"] for r in read_metrics(str(tmp_path), "epoch")] == [1, 2]
@@ -96,8 +97,8 @@ def test_steps_per_dispatch_and_workers_do_not_change_results(tmp_path):
         return [{k: v for k, v in r.items() if not k.endswith("time_s")}
                 for r in read_metrics(str(wd), "epoch")]
     assert metrics(tmp_path / "k2") == metrics(tmp_path / "k1")
-    ta = artifacts.load_final_table(str(tmp_path / "k2"))
-    tb = artifacts.load_final_table(str(tmp_path / "k1"))
+    ta = workdir_lib.load_final_table(str(tmp_path / "k2"))
+    tb = workdir_lib.load_final_table(str(tmp_path / "k1"))
     for k in ("aug_p", "aug_m", "weight", "soft"):
         np.testing.assert_array_equal(ta[k], tb[k])
 
@@ -188,7 +189,7 @@ def test_autodo_fixed_runs_no_hyper_step_and_keeps_the_initial_table(tmp_path):
     s = _run(tmp_path, **TINY, method="autodo_fixed")
     assert s["hyper_images"] == 0 and s["host_policy"] == "color_subset"
     assert not [r for r in read_metrics(str(tmp_path), "epoch") if "hyper_val_loss" in r]
-    table = artifacts.load_final_table(str(tmp_path))
+    table = workdir_lib.load_final_table(str(tmp_path))
     init = train_lib.autodo_table_init(table["given_labels"], 10, aug=True, weight=True, soft=True)
     for k, v in init.items():
         np.testing.assert_array_equal(table[k], np.asarray(v), err_msg=k)

@@ -10,9 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from experiments import artifacts, config as cfg_lib, config_checks, results, run_setup, summary, visualize
-from experiments.artifacts import read_metrics
+from experiments import config as cfg_lib, config_checks, results, run_setup, summary, visualize
+from experiments import workdir as workdir_lib
 from experiments.metric_writer import MetricWriter
+from experiments.workdir import read_metrics
 
 
 # ------------------------------------------------------------------ config
@@ -200,12 +201,12 @@ def _fake_run(root, method, ir, nr, seed, acc, cost=None, **other):
     """A finished run; ``cost`` = (wall seconds, train images) or None (older summary)."""
     c = cfg_lib.Config(method=method, imbalance_ratio=ir, noise_ratio=nr, seed=seed, **other)
     d = os.path.join(root, cfg_lib.default_workdir(c))
-    artifacts.write_json(os.path.join(d, "config.json"), c.to_dict())
+    workdir_lib.write_json(os.path.join(d, "config.json"), c.to_dict())
     summ = {"test_accuracy_final": acc, "test_accuracy_val_selected": acc,
             "test_accuracy_best_on_test_paper_protocol": acc + 0.01, "minority_accuracy_final": acc}
     if cost:
         summ.update(wall_time_s=cost[0], train_images=cost[1])
-    artifacts.write_json(os.path.join(d, "summary.json"), summ)
+    workdir_lib.write_json(os.path.join(d, "summary.json"), summ)
     return d
 
 
@@ -255,9 +256,9 @@ def test_results_group_by_every_result_changing_setting(tmp_path):
     _fake_run(tmp_path, "none", 10, 0.1, 0, 0.7, epochs=30)
     _fake_run(tmp_path, "none", 10, 0.1, 1, 0.6, epochs=30, solver="cg")
     d = _fake_run(tmp_path, "none", 10, 0.1, 2, 0.5, checkpoint_every=2)  # not result-changing
-    old = artifacts.read_json(os.path.join(d, "config.json"))
+    old = workdir_lib.read_json(os.path.join(d, "config.json"))
     del old["solver"]  # a config.json of an older version: missing fields take the default
-    artifacts.write_json(os.path.join(d, "config.json"), old)
+    workdir_lib.write_json(os.path.join(d, "config.json"), old)
     tables = results.build_tables(results.find_runs([str(tmp_path)]), "final", accuracy=True)
     assert sorted(tables) == [("mnist5k", "small_cnn", ()),
                               ("mnist5k", "small_cnn", ("epochs=30",)),
@@ -278,7 +279,7 @@ def test_visualize_on_synthetic_workdir(tmp_path):
     n, c, k = 50, 4, 7
     clean = rng.integers(0, c, n)
     given = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), clean)
-    artifacts.save_final_table(str(tmp_path), {
+    workdir_lib.save_final_table(str(tmp_path), {
         "aug_p": rng.normal(size=(n, k)), "aug_m": rng.normal(size=(n, k)),
         "weight": rng.normal(size=n), "soft": rng.normal(size=(n, c))},
         given_labels=given, clean_labels=clean, noisy=given != clean, train_index=np.arange(n),

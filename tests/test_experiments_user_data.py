@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from autodo_jax import parallel
-from experiments import artifacts, config as cfg_lib, config_checks, run_setup, trainer, visualize
+from experiments import config as cfg_lib, config_checks, run_setup, trainer, visualize
+from experiments import workdir as workdir_lib
 from experiments.pipes import build_pipes
-from experiments.artifacts import read_metrics
+from experiments.workdir import read_metrics
 from test_experiments_train import REPO, TINY
 
 ROWS, VAL, CLASSES, HW = 394, 40, 10, 28
@@ -78,9 +79,9 @@ def test_npz_dataset_trains_on_the_data_as_given(npz_run):
         np.testing.assert_array_equal(np.sort(split["train_index"]), np.arange(ROWS))
         np.testing.assert_array_equal(split["val_index"], np.arange(VAL))
         assert not split["noisy"].any()
-    table = artifacts.load_final_table(str(wd))
+    table = workdir_lib.load_final_table(str(wd))
     assert not table["clean_labels_known"] and table["weight"].shape == (ROWS,)
-    assert artifacts.read_json(wd / "config.json")["dataset"] == dataset
+    assert workdir_lib.read_json(wd / "config.json")["dataset"] == dataset
     assert "true label noise unknown" in visualize._truth_note(table)
     assert sorted(os.path.basename(p) for p in visualize.make_plots(str(wd), str(wd / "plots"))) == [
         "augmentation.png", "curves.png", "soft_labels.png", "weights.png"]
@@ -160,7 +161,7 @@ def test_train_on_val_learns_a_row_for_every_clean_example(tmp_path):
     assert s["num_train"] == ROWS and s["hyper_images"] == VAL * 2
     assert s["weight_mean_val_rows"] != 1.0 and s["weight_mean_train_rows"] != 1.0
     assert s["selected_epochs"]["val_selected"] is None   # the clean split was trained on
-    table = artifacts.load_final_table(str(tmp_path / "wd"))
+    table = workdir_lib.load_final_table(str(tmp_path / "wd"))
     assert table["weight"].shape == (ROWS,) and table["soft"].shape == (ROWS, CLASSES)
 
 

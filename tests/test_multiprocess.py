@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from experiments import artifacts
+from experiments import workdir as workdir_lib
 from experiments.local_cluster import Job
 
 pytestmark = pytest.mark.slow
@@ -75,8 +75,8 @@ def one_by_eight(tmp_path_factory, env):
 def test_two_processes_by_four_devices_equal_one_by_eight(one_by_eight, tmp_path, env):
     wd = tmp_path / "two_by_four"
     _finish(_job(wd, 2, 4, env))
-    assert artifacts.run_differences(str(one_by_eight), str(wd)) == []
-    assert artifacts.read_json(str(wd / "summary.json"))["num_devices"] == 8
+    assert workdir_lib.run_differences(str(one_by_eight), str(wd)) == []
+    assert workdir_lib.read_json(str(wd / "summary.json"))["num_devices"] == 8
 
 
 def test_two_processes_preempted_killed_and_resumed(one_by_eight, tmp_path, env):
@@ -98,7 +98,7 @@ def test_two_processes_preempted_killed_and_resumed(one_by_eight, tmp_path, env)
     job = _job(wd, 2, 4, env, every)
     _finish(job)
     assert "resumed from checkpoint step" in job.output(0)
-    assert artifacts.run_differences(str(one_by_eight), str(wd)) == []
+    assert workdir_lib.run_differences(str(one_by_eight), str(wd)) == []
 
 
 def test_resume_on_another_device_count_re_shards(tmp_path, env):
@@ -110,5 +110,5 @@ def test_resume_on_another_device_count_re_shards(tmp_path, env):
     assert "was written on 8 devices; restored onto 4 (tables re-sharded, padding rows " \
         "re-padded)" in out, out[-3000:]
     assert not (wd / "checkpoints_corrupt").exists()
-    summary = artifacts.read_json(str(wd / "summary.json"))
+    summary = workdir_lib.read_json(str(wd / "summary.json"))
     assert summary["num_devices"] == 4 and 0 <= summary["test_accuracy_final"] <= 1
