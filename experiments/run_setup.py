@@ -21,8 +21,6 @@ from experiments import config as cfg_lib
 from experiments import config_checks
 from experiments import workdir as workdir_lib
 
-SPLIT_FILE = distortion.SPLIT_FILENAME
-
 
 class ConfigError(Exception):
     """Settings that cannot run; ``lines`` holds one message per problem."""
@@ -246,15 +244,13 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
     if errors:
         raise ConfigError(errors)
     check_workdir(config, workdir)
-    split_path = os.path.join(workdir, SPLIT_FILE)
-    if os.path.exists(split_path):
-        try:
-            saved = distortion.load_split(split_path, data.distortion, src)
-        except ValueError as err:
-            raise ConfigError([f"--workdir={workdir}: {' '.join(str(err).split())}"]) from None
-        if not np.array_equal(saved.train_index, split.train_index):
-            raise ConfigError([f"--workdir={workdir}: its {SPLIT_FILE} differs from the split "
-                               "these flags draw; use another --workdir"])
+    try:
+        saved = workdir_lib.load_split(workdir, data.distortion, src)
+    except ValueError as err:
+        raise ConfigError([f"--workdir={workdir}: {' '.join(str(err).split())}"]) from None
+    if saved is not None and not np.array_equal(saved.train_index, split.train_index):
+        raise ConfigError([f"--workdir={workdir}: its {workdir_lib.SPLIT_FILE} differs from "
+                           "the split these flags draw; use another --workdir"])
     return data
 
 
@@ -266,6 +262,5 @@ def write_run_files(config: cfg_lib.Config, workdir: str, data: Data) -> None:
     path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     if not os.path.exists(path):
         workdir_lib.write_json(path, config.to_dict())
-    split_path = os.path.join(workdir, SPLIT_FILE)
-    if not os.path.exists(split_path):
-        distortion.save_split(split_path, data.split, data.distortion, data.source)
+    if not os.path.exists(os.path.join(workdir, workdir_lib.SPLIT_FILE)):
+        workdir_lib.save_split(workdir, data.split, data.distortion, data.source)

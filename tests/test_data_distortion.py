@@ -1,7 +1,6 @@
-"""Distortion: exact counts, determinism, ablations, save/reload, clear errors."""
+"""Distortion: exact counts, determinism, ablations, clear errors (saving a split: test_workdir)."""
 import dataclasses
 import math
-import os
 
 import numpy as np
 import pytest
@@ -97,35 +96,6 @@ def test_ablations():
     np.testing.assert_array_equal(split.val_labels, src.train.labels)
 
 
-def test_save_reload_and_mismatch(tmp_path):
-    src = _source()
-    cfg = DistortionConfig(10, 0.2, 0.9, seed=5)
-    split = distortion.make_or_load_split(str(tmp_path), src, cfg)
-    path = tmp_path / distortion.SPLIT_FILENAME
-    assert path.exists() and [p.name for p in tmp_path.iterdir()] == ["split.npz"]
-    again = distortion.make_or_load_split(str(tmp_path), src, cfg)
-    for f in dataclasses.fields(split):
-        np.testing.assert_array_equal(getattr(split, f.name), getattr(again, f.name))
-    assert again.noisy.dtype == bool
-    before = path.read_bytes()
-    with pytest.raises(ValueError, match="noise_ratio.*saved 0.2.*requested 0.1"):
-        distortion.make_or_load_split(str(tmp_path), src, dataclasses.replace(cfg, noise_ratio=0.1))
-    other = dataclasses.replace(src, name="other")
-    with pytest.raises(ValueError, match="does not match.*source"):
-        distortion.make_or_load_split(str(tmp_path), other, cfg)
-    assert path.read_bytes() == before
-    # Integer vs float ratios are the same request.
-    distortion.load_split(str(path), DistortionConfig(10.0, 0.2, 0.9, seed=5), src)
-
-
-def test_corrupt_split_file(tmp_path):
-    path = tmp_path / "split.npz"
-    path.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="corrupt"):
-        distortion.make_or_load_split(str(tmp_path), _source(), DistortionConfig())
-    assert path.read_bytes() == b"not a zip file"
-
-
 @pytest.mark.parametrize("kwargs,match", [
     ({"imbalance_ratio": 0.5}, "imbalance_ratio must be >= 1, got 0.5"),
     ({"noise_ratio": 1.0}, r"noise_ratio must lie in \[0, 1\), got 1.0"),
@@ -141,7 +111,7 @@ def test_bad_config(kwargs, match):
         DistortionConfig(**kwargs)
 
 
-def test_bad_sizes(tmp_path):
+def test_bad_sizes():
     with pytest.raises(ValueError, match="val_size=2000.*< 2000"):
         distortion.make_split(_source(), DistortionConfig(val_size=2000))
     small = _source(per_class=(10, 1), val_size=8)   # class 1 gets 0.73 -> 1 of its 1
@@ -149,5 +119,4 @@ def test_bad_sizes(tmp_path):
         distortion.make_split(small, DistortionConfig())
     skewed = _source(per_class=(200,) * 5 + (20,) * 5, val_size=10)
     with pytest.raises(ValueError, match="imbalance_ratio=1.5 needs"):
-        distortion.make_or_load_split(str(tmp_path), skewed, DistortionConfig(imbalance_ratio=1.5))
-    assert not os.listdir(tmp_path)
+        distortion.make_split(skewed, DistortionConfig(imbalance_ratio=1.5))

@@ -7,6 +7,7 @@ from PIL import Image
 
 from autodo_jax.data import distortion, sources, transforms, user_sources
 from autodo_jax.data.distortion import DistortionConfig
+from experiments import workdir as workdir_lib
 
 
 def _image(label: int, i: int, size=(6, 5), channels=3) -> np.ndarray:
@@ -297,8 +298,9 @@ def test_missing_test_falls_back_to_val(tmp_path):
 def test_saved_split_refuses_a_changed_dataset(tmp_path):
     src = _given_split_source(tmp_path)
     config = DistortionConfig()
-    split = distortion.make_or_load_split(str(tmp_path / "wd"), src, config)
-    again = distortion.make_or_load_split(str(tmp_path / "wd"), src, config)
+    split = distortion.make_split(src, config)
+    workdir_lib.save_split(str(tmp_path / "wd"), split, config, src)
+    again = workdir_lib.load_split(str(tmp_path / "wd"), config, src)
     np.testing.assert_array_equal(again.train_index, split.train_index)
     assert again.val_from == "val"
     changed = sources.load_source(_npz(tmp_path / "d.npz", x_train=np.zeros((100, 4, 4, 3), np.uint8),
@@ -306,4 +308,4 @@ def test_saved_split_refuses_a_changed_dataset(tmp_path):
                                        y_val=src.val.labels))
     with pytest.raises(ValueError, match="source.fingerprint: saved .*the dataset's content "
                                          "changed since the split was saved"):
-        distortion.make_or_load_split(str(tmp_path / "wd"), changed, config)
+        workdir_lib.load_split(str(tmp_path / "wd"), config, changed)

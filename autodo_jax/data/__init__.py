@@ -2,10 +2,7 @@
 host policies."""
 from autodo_jax.data.distortion import ABLATIONS
 from autodo_jax.data.distortion import DistortionConfig
-from autodo_jax.data.distortion import load_split
-from autodo_jax.data.distortion import make_or_load_split
 from autodo_jax.data.distortion import make_split
-from autodo_jax.data.distortion import save_split
 from autodo_jax.data.distortion import Split
 from autodo_jax.data.distortion import split_summary
 from autodo_jax.data.distortion import val_source

@@ -23,14 +23,14 @@ in this mode also skips SR/IR; here they still apply, so the ablation isolates t
 
 Every stage has its own random stream derived from ``seed``, so e.g. changing NR does not
 change the validation split or the kept examples.
+
+No I/O: :func:`make_split` returns the arrays and the caller keeps them (a run saves its
+split in the workdir, see ``experiments.workdir.save_split``).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,6 @@ import numpy as np
 from autodo_jax.data import sources
 
 ABLATIONS = ("none", "overfit", "oversplit")
-SPLIT_FILENAME = "split.npz"
-_FORMAT = 1
-_ARRAYS = ("train_index", "train_labels", "train_clean_labels", "noisy", "val_index",
-           "val_labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,96 +246,6 @@ def with_test_fallback(source: Any, split: Split) -> Any:
         return source
     test = sources.SubsetSplit(val_source(source, split), split.val_index)
     return dataclasses.replace(source, test=test, test_from="val")
-
-
-def _meta(split: Split, config: DistortionConfig, source: Any | None) -> dict[str, Any]:
-    meta = {"format": _FORMAT, "config": config.to_dict(), "val_from": split.val_from,
-            "num_classes": split.num_classes}
-    if source is not None:
-        meta["source"] = {"name": source.name, "num_classes": int(source.num_classes),
-                          "train_size": len(source.train)}
-        if getattr(source, "fingerprint", ""):
-            meta["source"]["fingerprint"] = source.fingerprint
-    return meta
-
-
-def save_split(path: str, split: Split, config: DistortionConfig,
-               source: Any | None = None) -> None:
-    """Writes ``split`` to ``path`` (.npz) atomically (temporary file, then os.replace)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    arrays = {k: getattr(split, k) for k in _ARRAYS}
-    meta = json.dumps(_meta(split, config, source), sort_keys=True)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(meta), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_split(path: str, config: DistortionConfig, source: Any | None = None) -> Split:
-    """Reads a split saved by :func:`save_split` and checks it matches the request.
-
-    Raises:
-        ValueError: the file is corrupt, or was saved for other settings / another source.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            arrays = {k: np.array(data[k]) for k in _ARRAYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ValueError(f"saved split {path!r} is corrupt or not a split file "
-                         f"({type(e).__name__}: {e}); delete it to redraw the split") from e
-    expected = _meta(Split(*(arrays[k] for k in _ARRAYS), meta.get("val_from", ""),
-                           meta.get("num_classes", -1)), config, source)
-    diffs = []
-    for k in ("format", "config", "source"):
-        if k not in expected or meta.get(k) == expected[k]:
-            continue
-        saved, wanted = meta.get(k), expected[k]
-        if isinstance(saved, dict) and isinstance(wanted, dict):
-            diffs += [f"{k}.{f}: saved {saved.get(f)!r}, requested {wanted.get(f)!r}"
-                      for f in sorted(set(saved) | set(wanted)) if saved.get(f) != wanted.get(f)]
-        else:
-            diffs.append(f"{k}: saved {saved!r}, requested {wanted!r}")
-    diffs = [d + " (the dataset's content changed since the split was saved)"
-             if d.startswith("source.fingerprint:") else d for d in diffs]
-    if diffs:
-        raise ValueError(f"saved split {path!r} does not match the requested settings: "
-                         + "; ".join(diffs) + ". Use another workdir or the saved settings.")
-    n = arrays["train_index"].shape[0]
-    if any(arrays[k].shape != (n,) for k in _ARRAYS[:4]) or (
-        arrays["val_index"].shape != arrays["val_labels"].shape):
-        raise ValueError(f"saved split {path!r} is corrupt: inconsistent array shapes "
-                         f"{ {k: arrays[k].shape for k in _ARRAYS} }")
-    return Split(arrays["train_index"], arrays["train_labels"], arrays["train_clean_labels"],
-                 arrays["noisy"].astype(bool), arrays["val_index"], arrays["val_labels"],
-                 meta["val_from"], int(meta["num_classes"]))
-
-
-def make_or_load_split(path: str, source: Any, config: DistortionConfig) -> Split:
-    """Loads the split saved at ``path`` or draws and saves it.
-
-    Args:
-        path: a workdir (the split lives in ``<path>/split.npz``) or a ``.npz`` file path.
-        source: the ``sources.Source`` the split indexes.
-        config: the requested distortion.
-
-    Returns:
-        The :class:`Split`; a saved one must match ``config`` and ``source`` (ValueError
-        otherwise; nothing is overwritten).
-    """
-    if not path.endswith(".npz"):
-        os.makedirs(path, exist_ok=True)
-        path = os.path.join(path, SPLIT_FILENAME)
-    if os.path.exists(path):
-        return load_split(path, config, source)
-    split = make_split(source, config)
-    save_split(path, split, config, source)
-    return split
 
 
 def split_summary(split: Split) -> dict[str, Any]:
