@@ -294,8 +294,7 @@ def main(argv: Sequence[str]) -> None:
     report = {"closed_form_error": check_closed_form(run), **probe(run)}
     text = json.dumps(report, indent=1)
     if flags.FLAGS.out:
-        with open(flags.FLAGS.out, "w") as f:
-            f.write(text)
+        workdir_lib.atomic_write(flags.FLAGS.out, text)
     print(text)
 
 

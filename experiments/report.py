@@ -31,6 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import report_plot, results
+from experiments.workdir import atomic_write
 
 #: Noise-handling columns: (title, summary key, scale).
 NOISE_COLUMNS = (
@@ -221,9 +222,7 @@ def write_report(paths: Iterable[str], out_dir: str) -> list[str]:
     for name, text in (("results.md", report_markdown(runs)),
                        ("results.csv", results.to_csv(results.build_tables(runs, "final"), "final"))):
         path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        atomic_write(path, text)
         written.append(path)
     png = report_plot.plot_accuracy_vs_val_size(report_plot.mean_std(accuracy_by_val_size(runs)),
                                                 os.path.join(out_dir, PLOT_FILE))

@@ -18,12 +18,12 @@ without the run directories, from the ``results.csv`` a report wrote
 from __future__ import annotations
 
 import csv
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
 from experiments import results
+from experiments.workdir import atomic_write
 
 #: {(dataset, model, settings): {IR-NR: {row key: {clean-val size: (mean %, std %)}}}}.
 Points = dict
@@ -199,8 +199,8 @@ def plot_accuracy_vs_val_size(points: Points, path: str) -> str | None:
                      "dotted = trains on the clean split, dash-dot = look-ahead on clean "
                      "batches;  hollow marker: a variant of the method (lighter colour)",
                title_fontsize=8.5)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path

@@ -36,7 +36,7 @@ from absl import app, flags
 
 from experiments import config as cfg_lib
 from experiments.config import METHODS
-from experiments.workdir import CONFIG_FILE, SUMMARY_FILE, read_json
+from experiments.workdir import CONFIG_FILE, SUMMARY_FILE, atomic_write, read_json
 
 METRIC_KEYS = {
     "final": "test_accuracy_final",
@@ -276,8 +276,7 @@ def main(argv: Sequence[str]) -> None:
     print(text)
     for path, content in ((FLAGS.markdown, md), (FLAGS.csv, text)):
         if path:
-            with open(path, "w") as f:
-                f.write(content)
+            atomic_write(path, content)
 
 
 if __name__ == "__main__":
