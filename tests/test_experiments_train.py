@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from autodo_jax import train as train_lib
-from experiments import artifacts, config as cfg_lib, results, run_setup, trainer, visualize
+from experiments import artifacts, config as cfg_lib, methods, results, run_setup, trainer, visualize
 from experiments.artifacts import read_metrics
 
 TINY = dict(epochs=2, batch_size=8, hyper_batch_size=16, eval_batch_size=64,
@@ -208,7 +208,7 @@ def test_baselines_with_the_augmentation_autodo_starts_from(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset, methods", [
-    ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
+    ("mnist", list(methods.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
     ("cifar10", ["fast_aa", "dada"]),
 ])
 def test_every_method_tfds_mock(dataset, methods, tmp_path):
