@@ -29,7 +29,6 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from autodo_jax import implicit

@@ -18,75 +18,12 @@ from typing import Any, Iterable, Mapping
 
 from autodo_jax import implicit, models, train
 from autodo_jax.data import distortion, transforms
-
-# ---------------------------------------------------------------------------------------
-# Methods
-
-#: What each method trains on and what it learns.
-#:   host: host-side augmentation ("standard" = the dataset's crop/flip, "colour" = the
-#:         dataset's colour subset of RandAugment, applied only if --colour_policy);
-#:         --host_policy overrides it for any method.
-#:   learn: fields of the per-example table ("" = none): A (augmentation), W (loss
-#:         weights), S (soft labels); learned by hyper steps unless frozen.
-#:   shared: the augmentation row is shared by the whole dataset (lambda^A_SHA).
-#:   train_on: "train" | "val" | "train+val".
-#:   reweight (optional, default "none"): the inner step reweights every batch by a
-#:         look-ahead on a clean validation batch (train.REWEIGHTS: "l2rw", "mwn").
-#:   frozen (optional, default False): the table keeps its initial values (no hyper
-#:         steps): autodo_fixed is AutoDO's augmentation, weights and soft labels at init,
-#:         the ablation that isolates what learning λ adds.
-METHODS: dict[str, dict[str, Any]] = {
-    "none": dict(host="none", learn="", shared=False, train_on="train"),
-    "crop_flip": dict(host="standard", learn="", shared=False, train_on="train"),
-    "randaugment": dict(host="randaugment", learn="", shared=False, train_on="train"),
-    "fast_aa": dict(host="fast_aa", learn="", shared=False, train_on="train"),
-    "dada": dict(host="dada", learn="", shared=False, train_on="train"),
-    "autodo_sha": dict(host="colour", learn="A", shared=True, train_on="train"),
-    "autodo_a": dict(host="colour", learn="A", shared=False, train_on="train"),
-    "autodo_aw": dict(host="colour", learn="AW", shared=False, train_on="train"),
-    "autodo_aws": dict(host="colour", learn="AWS", shared=False, train_on="train"),
-    "autodo_fixed": dict(host="colour", learn="AWS", shared=False, train_on="train",
-                         frozen=True),
-    "val_only": dict(host="standard", learn="", shared=False, train_on="val"),
-    "train_plus_val": dict(host="standard", learn="", shared=False, train_on="train+val"),
-    # competitors (issue 13): the same host augmentation as AutoDO (colour subset) for the
-    # two that use the clean split; TrivialAugment Wide uses nothing clean.
-    "trivialaugment": dict(host="trivialaugment", learn="", shared=False, train_on="train"),
-    "l2rw": dict(host="colour", learn="", shared=False, train_on="train", reweight="l2rw"),
-    "mwn": dict(host="colour", learn="", shared=False, train_on="train", reweight="mwn"),
-}
+from experiments import methods
 
 TRISTATE = ("auto", "true", "false")
 
-
-def learns(method: str, field: str) -> bool:
-    """Whether `method` learns table field "A" (augmentation), "W" (weights) or "S"."""
-    return field in METHODS[method]["learn"]
-
-
-def has_hyper_steps(method: str) -> bool:
-    """Whether `method` runs hyper steps (it has a table and the table is not frozen)."""
-    return bool(METHODS[method]["learn"]) and not METHODS[method].get("frozen", False)
-
-
 #: The largest default hyper batch (the original's).
 MAX_DEFAULT_HYPER_BATCH = 256
-
-
-def reweights(method: str) -> str:
-    """The inner step's reweighting of `method`: "none", "l2rw" or "mwn"."""
-    return METHODS[method].get("reweight", "none")
-
-
-def train_on(config: "Config") -> str:
-    """The examples a run's inner steps train on: "train", "val" or "train+val" (the
-    method's own, or "train+val" with --train_on_val)."""
-    return "train+val" if config.train_on_val else METHODS[config.method]["train_on"]
-
-
-def uses_val_batches(method: str) -> bool:
-    """Whether `method`'s steps read clean validation batches (hyper or look-ahead steps)."""
-    return has_hyper_steps(method) or reweights(method) != "none"
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,7 +59,7 @@ class Config:
     val_size: int = _f(0, "Clean validation examples (0 = the dataset's default).")
     # model and method
     model: str = _f("small_cnn", "Classifier.", choices=models.MODEL_NAMES)
-    method: str = _f("autodo_aws", "Training method.", choices=tuple(METHODS))
+    method: str = _f("autodo_aws", "Training method.", choices=tuple(methods.METHODS))
     compute_dtype: str = _f("float32", "Compute dtype of the model.", choices=train.COMPUTE_DTYPES)
     # inner optimisation
     epochs: int = _f(60, "Training epochs.")
@@ -275,15 +212,18 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
     step. The table learning rate has the same shape over the hyper steps, warming up over
     the first ``min(warmup_epochs, hyper epochs)`` hyper epochs.
     """
-    c = config
+    c, method = config, methods.get(config.method)
     total = c.epochs * steps_per_epoch
-    hyper_epochs = max(c.epochs - c.hyper_start_epoch, 0) if has_hyper_steps(c.method) else 0
+    hyper_epochs = max(c.epochs - c.hyper_start_epoch, 0) if method.hyper_steps else 0
     hyper_total = max(hyper_epochs * hyper_steps_per_epoch, 1)
+    # StepConfig's learn_* say which fields the table has (the inner step reads them); the
+    # hyper steps that learn them run only for method.hyper_steps, and never learn the
+    # shared λ_A row that --init_warp adds.
+    table = method.run_table(c.init_warp)
     return train.StepConfig(
         model=c.model, num_classes=int(num_classes), compute_dtype=c.compute_dtype,
-        learn_aug=learns(c.method, "A") or c.init_warp,
-        shared_aug=METHODS[c.method]["shared"] or (c.init_warp and not learns(c.method, "A")),
-        learn_weight=learns(c.method, "W"), learn_soft=learns(c.method, "S"),
+        learn_aug="aug" in table, shared_aug=method.run_shared_aug(c.init_warp),
+        learn_weight="weight" in table, learn_soft="soft" in table,
         symmetric_kl=symmetric_kl(c), upsample=c.upsample, lr=c.learning_rate,
         momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay,
         warmup_steps=int(round(min(c.warmup_epochs, c.epochs) * steps_per_epoch)),
@@ -295,7 +235,7 @@ def step_config(config: Config, num_classes: int, steps_per_epoch: int,
         hyper_total_steps=hyper_total, solver=c.solver, solver_iters=c.solver_iters,
         solver_tol=c.solver_tol,
         nystrom_rank=c.solver_iters, neumann_alpha=c.neumann_alpha,
-        neumann_scale=c.neumann_scale, curvature=c.curvature, reweight=reweights(c.method),
+        neumann_scale=c.neumann_scale, curvature=c.curvature, reweight=method.reweight,
         mwn_lr=c.mwn_lr, mwn_normalize=c.mwn_normalize, reweight_scope=c.reweight_scope)
 
 

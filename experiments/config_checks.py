@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from experiments.config import (MAX_DEFAULT_HYPER_BATCH, METHODS, Config, field_specs,
-                                has_hyper_steps, hyper_batch_size, hyper_val_rows, learns,
-                                parse_image_size, reweights, train_on, uses_val_batches)
+from experiments import methods
+from experiments.config import (MAX_DEFAULT_HYPER_BATCH, Config, field_specs, hyper_batch_size,
+                                hyper_val_rows, parse_image_size)
 
 
 def static_errors(config: Config) -> list[str]:
@@ -71,42 +71,43 @@ def static_errors(config: Config) -> list[str]:
                  "num_devices", "seed", "hyper_start_epoch", "stop_after_epoch",
                  "checkpoint_every_steps"):
         need(getattr(c, name) >= 0, name, "allowed: an integer >= 0")
-    if errs or c.method not in METHODS:
+    if errs or c.method not in methods.METHODS:
         return errs
     # combinations
-    hyper = has_hyper_steps(c.method)
-    if hyper:
+    method = methods.get(c.method)
+    if method.hyper_steps:
         need(c.hyper_start_epoch < c.epochs, "hyper_start_epoch",
              f"must be < --epochs={c.epochs} for --method={c.method} (else no hyper step runs)")
-    if c.symmetric_kl != "auto" and not learns(c.method, "S"):
-        errs.append(f"--symmetric_kl={c.symmetric_kl}: only applies to methods that learn soft "
-                    f"labels (autodo_aws), not --method={c.method}; leave it at auto")
+    if c.symmetric_kl != "auto" and "soft" not in method.table:
+        soft = ", ".join(m.name for m in methods.METHODS.values() if "soft" in m.table)
+        errs.append(f"--symmetric_kl={c.symmetric_kl}: only applies to methods with soft "
+                    f"labels ({soft}), not --method={c.method}; leave it at auto")
     for name, default in (("mwn_lr", 1e-3), ("mwn_normalize", False)):
-        if getattr(c, name) != default and reweights(c.method) != "mwn":
+        if getattr(c, name) != default and method.reweight != "mwn":
             errs.append(f"--{name}={getattr(c, name)}: only applies to --method=mwn, not "
                         f"--method={c.method}")
-    if c.reweight_scope != "all" and reweights(c.method) == "none":
+    if c.reweight_scope != "all" and method.reweight == "none":
         errs.append(f"--reweight_scope={c.reweight_scope}: only applies to --method=l2rw or "
                     f"mwn, not --method={c.method}")
-    if c.upsample != 1 and not (learns(c.method, "A") or c.init_warp):
+    if c.upsample != 1 and "aug" not in method.run_table(c.init_warp):
         errs.append(f"--upsample={c.upsample}: only applies to the warp of autodo_* methods "
                     f"(or --init_warp), not --method={c.method}")
-    if c.init_warp and learns(c.method, "A"):
+    if c.init_warp and "aug" in method.table:
         errs.append(f"--init_warp=True: only for methods without AutoDO's warp; --method={c.method} "
                     "already warps with its table's λ_A")
     if c.host_policy != "auto" and c.host_policy != "color_subset" and not c.colour_policy:
         errs.append(f"--colour_policy=False: only applies with --host_policy=auto or "
                     f"color_subset, not {c.host_policy}")
-    if c.train_on_val and not METHODS[c.method]["learn"]:
+    if c.train_on_val and not method.table:
         errs.append(f"--train_on_val=True: only for autodo_* methods (a table with a row per "
                     f"training example); --method={c.method} trains on "
-                    f"{METHODS[c.method]['train_on']!r}, use train_plus_val to train on both")
-    if train_on(c) != "train":
+                    f"{method.train_on!r}, use train_plus_val to train on both")
+    if method.trains_on(c.train_on_val) != "train":
         need(c.ablation == "none", "ablation",
              f"only 'none' with --method={c.method}"
              f"{' --train_on_val=True' if c.train_on_val else ''} (it uses the validation "
              "split for training)")
-    if c.ablation == "overfit" and not uses_val_batches(c.method):
+    if c.ablation == "overfit" and not method.uses_val_batches:
         errs.append(f"--ablation=overfit: only changes the validation batches of hyper or "
                     f"look-ahead steps; --method={c.method} has none")
     return errs
@@ -124,14 +125,15 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
         errs.append(f"--dataset={c.dataset}: needs >= 2 classes, has {num_classes}")
     if c.imbalance_ratio != 1 and num_classes < 2:
         errs.append(f"--imbalance_ratio={c.imbalance_ratio}: needs >= 2 classes")
+    method = methods.get(c.method)
     rows = {"train": num_train, "val": num_val, "train+val": num_train + num_val}[
-        train_on(c)]
+        method.trains_on(c.train_on_val)]
     if c.batch_size > rows:
         errs.append(f"--batch_size={c.batch_size}: larger than the {rows} training examples of "
                     f"--method={c.method} (after IR/NR/SR); allowed: <= {rows}")
     n = c.num_devices or num_devices
     val_rows = hyper_val_rows(c, num_train=num_train, num_val=num_val, num_test=num_test)
-    if has_hyper_steps(c.method):
+    if method.hyper_steps:
         if c.hyper_batch_size > num_train:
             errs.append(f"--hyper_batch_size={c.hyper_batch_size}: larger than the {num_train} "
                         f"train rows; allowed: <= {num_train}")
@@ -142,14 +144,14 @@ def data_errors(config: Config, *, image_shape: tuple[int, ...], num_classes: in
             errs.append(f"--hyper_batch_size=0: the automatic size min({MAX_DEFAULT_HYPER_BATCH}, "
                         f"{val_rows} validation examples, {num_train} train rows) has no multiple "
                         f"of the {n} devices; pass --hyper_batch_size")
-    if reweights(c.method) != "none":
+    if method.reweight != "none":
         if c.batch_size > val_rows:
             errs.append(f"--batch_size={c.batch_size}: --method={c.method} draws clean batches "
                         f"of this size from the {val_rows} validation examples; allowed: "
                         f"<= {val_rows}")
     if c.num_devices > num_devices:
         errs.append(f"--num_devices={c.num_devices}: only {num_devices} devices are visible")
-    names = ["batch_size", "eval_batch_size"] + (["hyper_batch_size"] if has_hyper_steps(c.method) else [])
+    names = ["batch_size", "eval_batch_size"] + (["hyper_batch_size"] if method.hyper_steps else [])
     for name in names:
         if getattr(c, name) % n:
             errs.append(f"--{name}={getattr(c, name)}: must be a multiple of the {n} devices")

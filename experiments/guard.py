@@ -15,7 +15,7 @@ The message is one line: what diverged, at which steps, which checkpoint is the 
 """
 from __future__ import annotations
 
-from experiments import config as cfg_lib
+from experiments import config as cfg_lib, methods
 from experiments.progress import Diverged, MetricSums, Progress
 
 #: Step kinds as ``Progress`` names them, and how a message names them.
@@ -26,7 +26,7 @@ def hints(config: cfg_lib.Config, kind: str) -> str:
     """What to try after steps of ``kind`` ("train" | "hyper") diverged (one phrase)."""
     if kind == "train":
         tries = [f"a lower --learning_rate (now {config.learning_rate:g})"]
-        if cfg_lib.has_hyper_steps(config.method):
+        if methods.get(config.method).hyper_steps:
             tries.append(f"a lower --hyper_lr (now {config.hyper_lr:g}; learned loss weights "
                          "scale the inner loss)")
     else:

@@ -32,7 +32,7 @@ import numpy as np
 
 from autodo_jax import models, parallel, train
 from autodo_jax.data import pipeline
-from experiments import config as cfg_lib
+from experiments import config as cfg_lib, methods
 from experiments.pipes import Pipes, default_steps_per_dispatch, dispatches, loader_position
 from experiments.run_setup import ConfigError, Data
 
@@ -192,7 +192,7 @@ def step_needs(config: cfg_lib.Config, step_cfg: train.StepConfig, image_shape: 
                     lower=state + params + b * (look * (prof.kept + image) + warp),
                     typical=state + 4 * params + b * look * (2 * prof.forward + image) + 2 * b * warp,
                     warp=b * warp, upsample=c.upsample)]
-    if cfg_lib.has_hyper_steps(c.method):
+    if methods.get(c.method).hyper_steps:
         hb = per(hyper_batch)
         given = (f"--hyper_batch_size={c.hyper_batch_size} (" if c.hyper_batch_size else
                  f"--hyper_batch_size=0 (auto: {hyper_batch}; ")

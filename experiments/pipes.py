@@ -15,7 +15,7 @@ import numpy as np
 
 from autodo_jax import parallel
 from autodo_jax.data import pipeline, transforms
-from experiments import config as cfg_lib, run_setup
+from experiments import config as cfg_lib, methods, run_setup
 from experiments.run_setup import ConfigError
 
 
@@ -59,7 +59,9 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     c, src, split = config, data.source, data.split
     num_shards = mesh.size
     cap = c.max_steps_per_epoch or None
-    train_tf = transforms.host_transform(run_setup.host_policy(c), src.family)
+    method = methods.get(c.method)
+    train_tf = transforms.host_transform(method.run_host_policy(c.host_policy, c.colour_policy),
+                                         src.family)
     eval_tf = transforms.host_transform("none", src.family)
 
     def sampler_of(rows: int, flag: str, batch: int, what: str,
@@ -81,7 +83,7 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     spe = min(sampler.steps_per_epoch, cap or sampler.steps_per_epoch)
     hyper_train = hyper_val = None
     hspe = hb = 0
-    if cfg_lib.has_hyper_steps(c.method):
+    if method.hyper_steps:
         hb = cfg_lib.hyper_batch_size(c, split.num_train, int(split.val_index.size), num_shards)
         # every table row takes hyper steps: the train rows, and with --train_on_val the
         # validation rows after them (one row layout for inner and hyper batches)
@@ -96,7 +98,7 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
         hspe = c.hyper_steps_per_epoch or hs.steps_per_epoch
         hspe = min(hspe, cap or hspe)
     reweight_val = None
-    if cfg_lib.reweights(c.method) != "none":   # one clean batch (train batch size) per step
+    if method.reweight != "none":   # one clean batch (train batch size) per step
         rs = parallel.ShardLocalSampler(int(split.val_index.size), num_shards, c.batch_size,
                                         derive_seed(c.seed, 8))
         reweight_val = pipeline.ValLoader(src, split, rs, eval_tf, derive_seed(c.seed, 9),

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from experiments import results
+from experiments import methods, results
 from experiments.workdir import atomic_write
 
 #: {(dataset, model, settings): {IR-NR: {row key: {clean-val size: (mean %, std %)}}}}.
@@ -31,32 +31,16 @@ Points = dict
 #: The paper's protocol: the row drawn black and thick.
 PAPER_ROW = "autodo_aws"
 
-#: Each method in words.
-METHOD_WORDS = {
-    "none": "Baseline: plain cross-entropy", "crop_flip": "Crop/flip",
-    "randaugment": "RandAugment", "fast_aa": "Fast AutoAugment", "dada": "DADA",
-    "trivialaugment": "TrivialAugment Wide, no clean data",
-    "autodo_sha": r"$\lambda^A_{SHA}$: one learned augmentation for all",
-    "autodo_a": r"$\lambda^A$: learned augmentation",
-    "autodo_aw": r"$\lambda^{A,W}$: learned augmentation + loss weights",
-    "autodo_aws": r"$\lambda^{A,W,S}$: + soft labels, the paper's protocol (main job)",
-    "autodo_fixed": r"$\lambda^{A,W,S}$ frozen at their initial values",
-    "val_only": "Val only: the clean split alone",
-    "train_plus_val": "Train+val: the clean split added to train",
-    "l2rw": "L2RW: Learning to Reweight", "mwn": "MW-Net: Meta-Weight-Net",
-}
-#: Line style of each family of methods.
+#: Line style of each family of methods (``methods.Method.family``).
 FAMILY_STYLES = {"autodo": "-", "clean": ":", "lookahead": "-.", "plain": "--"}
 _MARKERS = "osD^vP*X<>hpdH8"
 
 
 def family(method: str) -> str:
-    """"autodo", "clean" (trains on the clean split), "lookahead" (l2rw, mwn) or "plain"."""
-    if method.startswith("autodo"):
-        return "autodo"
-    if method in ("val_only", "train_plus_val"):
-        return "clean"
-    return "lookahead" if method in ("l2rw", "mwn") else "plain"
+    """The family of the method called ``method`` (``methods.Method.family``; "plain" for
+    a name the registry does not know)."""
+    known = methods.METHODS.get(method)
+    return known.family if known else "plain"
 
 
 def parse_row(key: str) -> tuple[str, dict[str, str]]:
@@ -70,7 +54,8 @@ def parse_row(key: str) -> tuple[str, dict[str, str]]:
 def row_words(key: str) -> str:
     """A row's legend entry: the method and its variant in words, then the flags."""
     method, variant = parse_row(key)
-    words = METHOD_WORDS.get(method, method)
+    known = methods.METHODS.get(method)
+    words = known.words if known else method
     if method == PAPER_ROW and variant:
         words = r"$\lambda^{A,W,S}$"
     flags = [f"--method={method}"]

@@ -34,8 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments import config as cfg_lib
-from experiments.config import METHODS
+from experiments import config as cfg_lib, methods
 from experiments.workdir import CONFIG_FILE, SUMMARY_FILE, atomic_write, read_json
 
 METRIC_KEYS = {
@@ -48,12 +47,6 @@ METRIC_KEYS = {
 }
 #: Metrics that are accuracies (shown as error % unless --accuracy).
 ACCURACY_METRICS = ("final", "val_selected", "best_on_test", "minority")
-METHOD_LABELS = {
-    "none": "Baseline", "crop_flip": "Crop/flip", "randaugment": "RAA", "fast_aa": "FAA",
-    "dada": "DADA", "autodo_sha": "λ^A_SHA", "autodo_a": "λ^A", "autodo_aw": "λ^{A,W}",
-    "autodo_aws": "λ^{A,W,S}", "autodo_fixed": "λ^{A,W,S} fixed at init", "val_only": "Val only",
-    "train_plus_val": "Train+val", "trivialaugment": "TA (wide)", "l2rw": "L2RW", "mwn": "MW-Net",
-}
 
 
 def find_runs(paths: Iterable[str]) -> list[dict[str, Any]]:
@@ -88,14 +81,16 @@ def row_key(config: dict[str, Any]) -> str:
 
 
 def row_label(key: str) -> str:
-    """Display name of a row key: the method's label, plus its variant."""
+    """Display name of a row key: the method's label (``methods.Method.label``; an
+    unknown method keeps its name), plus its variant."""
     method, _, variant = key.partition("[")
-    label = METHOD_LABELS.get(method, method)
+    known = methods.METHODS.get(method)
+    label = known.label if known else method
     return f"{label} [{variant}" if variant else label
 
 
 def row_order(key: str) -> tuple[int, str]:
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(methods.METHODS)}
     method = key.partition("[")[0]
     return order.get(method, len(order)), key
 
@@ -177,7 +172,10 @@ def run_cost(run: dict[str, Any]) -> dict[str, Any]:
     image), "host"}`` (None where the summary predates the field)."""
     s, cfg = run["summary"], run["config"]
     wall, images = s.get("wall_time_s"), s.get("train_images")
-    host = s.get("host_policy") or METHODS.get(cfg["method"], {}).get("host")
+    host = s.get("host_policy")
+    if not host and cfg["method"] in methods.METHODS:   # a summary older than the field
+        host = methods.METHODS[cfg["method"]].run_host_policy(
+            cfg.get("host_policy", "auto"), cfg.get("colour_policy", True))
     return {"wall_s": wall, "s_per_image": wall / images if wall and images else None,
             "host": host}
 

@@ -18,7 +18,7 @@ import numpy as np
 from autodo_jax import models
 from autodo_jax.data import distortion, sources, transforms, user_sources
 from experiments import config as cfg_lib
-from experiments import config_checks
+from experiments import config_checks, methods
 from experiments import workdir as workdir_lib
 
 
@@ -28,17 +28,6 @@ class ConfigError(Exception):
     def __init__(self, lines):
         self.lines = [str(x) for x in lines]
         super().__init__("\n".join(self.lines))
-
-
-def host_policy(config: cfg_lib.Config) -> str:
-    """The host transform name (autodo_jax.data.transforms) of the run's train batches:
-    --host_policy, or with "auto" the method's own."""
-    if config.host_policy != "auto":
-        return config.host_policy
-    host = cfg_lib.METHODS[config.method]["host"]
-    if host == "colour":
-        return "color_subset" if config.colour_policy else "crop_flip"
-    return "crop_flip" if host == "standard" else host
 
 
 @dataclasses.dataclass
@@ -97,7 +86,7 @@ def load_data(config: cfg_lib.Config) -> Data:
         split = distortion.make_split(source, dcfg)
     except ValueError as err:
         raise ConfigError([_flag_prefixed(" ".join(str(err).split()), f"--dataset={c.dataset}")]) from None
-    train_on = cfg_lib.train_on(c)
+    train_on = methods.get(c.method).trains_on(c.train_on_val)
     if source.test is None and train_on != "train":
         flag, other = (("--train_on_val=True", "leave the flag off") if c.train_on_val
                        else (f"--method={c.method}", "use another method"))
@@ -154,7 +143,8 @@ def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
 
 def class_coverage_error(config: cfg_lib.Config, data: Data) -> str | None:
     """Why training cannot cover every class (a class without any train example), or None."""
-    split, train_on = data.split, cfg_lib.train_on(config)
+    split = data.split
+    train_on = methods.get(config.method).trains_on(config.train_on_val)
     clean = {"train": [split.train_clean_labels], "val": [split.val_labels],
              "train+val": [split.train_clean_labels, split.val_labels]}[train_on]
     counts = np.bincount(np.concatenate(clean).astype(np.int64), minlength=split.num_classes)
@@ -224,7 +214,8 @@ def prepare(config: cfg_lib.Config, workdir: str) -> Data:
         raise ConfigError(errors)
     data = load_data(config)
     src, split = data.source, data.split
-    policy = host_policy(config)
+    policy = methods.get(config.method).run_host_policy(config.host_policy,
+                                                        config.colour_policy)
     errors = []
     allowed = transforms.allowed_policies(src.family)
     if policy not in allowed:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def _eval_view(rec: Mapping[str, Any] | None, num_classes: int) -> dict[str, Any
 
 def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has_val: bool,
                   table: Mapping[str, np.ndarray] | None, given: np.ndarray | None,
-                  clean: np.ndarray | None, learned: str, wall_time_s: float,
+                  clean: np.ndarray | None, table_fields: AbstractSet[str], wall_time_s: float,
                   train_images: int, hyper_images: int, extra: Mapping[str, Any] = ()) -> dict[str, Any]:
     """The content of summary.json (plain JSON types, nan as None)."""
     chosen = select(history, has_val=has_val)
@@ -167,9 +167,9 @@ def build_summary(*, history: Sequence[Mapping[str, Any]], num_classes: int, has
     if table is not None and given is not None and clean is not None:
         noisy = np.asarray(given) != np.asarray(clean)
         out["num_noisy_train"] = int(noisy.sum())
-        if "W" in learned and "weight" in table:
+        if "weight" in table_fields and "weight" in table:
             out["weight_auc_clean_vs_noisy"] = weight_auc(table["weight"], noisy)
-        if "S" in learned and "soft" in table:
+        if "soft" in table_fields and "soft" in table:
             stats = soft_label_stats(table["soft"], given, clean)
             out["soft_label_noisy_fixed_fraction"] = stats["noisy_fixed"]
             out["soft_label_noisy_kept_fraction"] = stats["noisy_kept"]

@@ -49,7 +49,7 @@ import numpy as np
 
 from autodo_jax import augment, losses, parallel, train
 from autodo_jax.data import pipeline
-from experiments import guard, memory_check, run_setup, summary as summary_lib
+from experiments import guard, memory_check, methods, run_setup, summary as summary_lib
 from experiments import workdir as workdir_lib
 from experiments import config as cfg_lib
 from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
@@ -89,7 +89,7 @@ class Trainer:
         self.mesh, self.pipes = mesh, pipes
         self.is_main = jax.process_index() == 0
         self.ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), log=log)
-        self.hyper = cfg_lib.has_hyper_steps(config.method)
+        self.hyper = methods.get(config.method).hyper_steps
         self.data_workers = config.data_workers or default_data_workers()
         self.steps_per_dispatch = config.steps_per_dispatch or default_steps_per_dispatch()
 
@@ -314,8 +314,9 @@ class Trainer:
 
     def finish(self, state, prog: Progress) -> dict[str, Any]:
         c, split, src = self.c, self.data.split, self.data.source
-        learned = cfg_lib.METHODS[c.method]["learn"]
-        rows = host_table(state, len(self.data.train_index)) if learned else None
+        method = methods.get(c.method)
+        # the method's own table (none for the shared --init_warp row, which is not saved)
+        rows = host_table(state, len(self.data.train_index)) if method.table else None
         table = None if rows is None else summary_lib.first_rows(rows, split.num_train)   # train split
         appended = ({} if rows is None or "weight" not in rows else
                     summary_lib.appended_rows_weights(
@@ -331,14 +332,14 @@ class Trainer:
             history=prog.history, num_classes=split.num_classes, has_val=self.data.has_val,
             table=table, given=split.train_labels,
             clean=split.train_clean_labels if src.truth_known else None,
-            learned=learned, wall_time_s=prog.wall_time_s,
+            table_fields=method.table, wall_time_s=prog.wall_time_s,
             train_images=prog.train_images, hyper_images=prog.hyper_images,
             extra={"method": c.method, "dataset": c.dataset, "model": c.model,
                    "imbalance_ratio": c.imbalance_ratio, "noise_ratio": c.noise_ratio,
                    "seed": c.seed, "num_train": split.num_train,
                    "num_val": int(split.val_index.size),
                    "num_devices": int(self.mesh.size), "epochs": c.epochs,
-                   "host_policy": run_setup.host_policy(c),
+                   "host_policy": method.run_host_policy(c.host_policy, c.colour_policy),
                    "hyper_batch_size": self.pipes.hyper_batch_size,
                    "workdir": os.path.abspath(self.workdir), **prog.skipped_totals(),
                    **appended, **src.notes(), **mwn_curve(state)})

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from autodo_jax import train as train_lib
-from experiments import config as cfg_lib, results, run_setup, trainer, visualize
+from experiments import config as cfg_lib, methods, results, run_setup, trainer, visualize
 from experiments import workdir as workdir_lib
 from experiments.workdir import read_metrics
 
@@ -208,16 +208,16 @@ def test_baselines_with_the_augmentation_autodo_starts_from(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset, methods", [
-    ("mnist", list(cfg_lib.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
+@pytest.mark.parametrize("dataset, names", [
+    ("mnist", list(methods.METHODS.keys() - {"fast_aa", "dada", *COMPETITORS})),
     ("cifar10", ["fast_aa", "dada"]),
 ])
-def test_every_method_tfds_mock(dataset, methods, tmp_path):
+def test_every_method_tfds_mock(dataset, names, tmp_path):
     # As many train rows as the tiny mnist5k runs, so that the mock "mnist" runs reuse
     # their compiled steps (same shapes, same StepConfig).
     rows = run_setup.load_data(cfg_lib.Config(**TINY)).split.num_train
     with tfds.testing.mock_data(num_examples=rows + 40):
-        for method in methods:
+        for method in names:
             s = _run(tmp_path / method, **dict(TINY, subsample_ratio=1.0, val_size=40,
                                                imbalance_ratio=1.0), dataset=dataset, method=method)
             assert s["num_train"] == rows or method in ("val_only", "train_plus_val")

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from experiments import config as cfg_lib, config_checks, results, run_setup, summary, visualize
+from experiments import (config as cfg_lib, config_checks, methods, results, summary,
+                         visualize)
 from experiments import workdir as workdir_lib
 from experiments.metric_writer import MetricWriter
 from experiments.workdir import read_metrics
@@ -98,11 +99,14 @@ def test_hyper_batch_size_default_fits_the_clean_split():
 
 
 def test_frozen_methods_and_host_policy():
-    assert not cfg_lib.has_hyper_steps("autodo_fixed") and cfg_lib.has_hyper_steps("autodo_aws")
+    fixed = methods.get("autodo_fixed")
+    assert not fixed.hyper_steps and methods.get("autodo_aws").hyper_steps
+    assert fixed.table == methods.get("autodo_aws").table and not fixed.learned
     c = cfg_lib.Config(method="autodo_fixed")
-    assert run_setup.host_policy(c) == "color_subset"
-    assert run_setup.host_policy(c.replace(method="none", host_policy="randaugment")) == "randaugment"
-    assert run_setup.host_policy(c.replace(method="val_only")) == "crop_flip"
+    assert fixed.run_host_policy("auto", colour_policy=True) == "color_subset"
+    assert fixed.run_host_policy("auto", colour_policy=False) == "crop_flip"
+    assert methods.get("none").run_host_policy("randaugment", colour_policy=True) == "randaugment"
+    assert methods.get("val_only").run_host_policy("auto", colour_policy=True) == "crop_flip"
     step = cfg_lib.step_config(c.replace(method="val_only", init_warp=True), 10, 10, 0)
     assert step.learn_aug and step.shared_aug and not step.learn_weight
     step = cfg_lib.step_config(c, 10, 10, 0)
@@ -223,7 +227,7 @@ def test_results_tables(tmp_path):
     assert [m for m, _ in t["rows"]] == ["none", "autodo_aws"]
     md = results.to_markdown(tables, "final", False)
     assert "| Baseline | – | 19.0 ± 1.4 (2) | none | – | – |" in md
-    assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) | colour | – | – |" in md
+    assert "| λ^{A,W,S} | 1.0 (1) | 9.0 ± 1.4 (2) | color_subset | – | – |" in md
     csv_text = results.to_csv(tables, "final")
     assert "mnist5k,small_cnn,,final,none,10-0.2,19.0000,1.4142,2,none,,\r\n" in csv_text
 
@@ -241,12 +245,13 @@ def test_results_cost_columns(tmp_path):
     md = results.to_markdown(tables, "final", False)
     assert "| method | 50-0.1 | 10-0.2 | host | wall s | × none |" in md
     assert "| Baseline | – | 20.0 ± 0.0 (2) | none | 110 | 1.00 |" in md
-    assert "| MW-Net | – | 10.0 (1) | colour | 250 | 2.27 |" in md
-    assert "| L2RW | – | 10.0 ± 0.0 (2) | colour | 300 | 2.73 |" in md
+    # summaries without host_policy: the policy their config.json gives (the colour subset)
+    assert "| MW-Net | – | 10.0 (1) | color_subset | 250 | 2.27 |" in md
+    assert "| L2RW | – | 10.0 ± 0.0 (2) | color_subset | 300 | 2.73 |" in md
     # per image: 80 s / 500 images against the none row's 0.11 s per image
     assert "| TA (wide) | 10.0 (1) | – | trivialaugment | 80 | 1.45 |" in md
     rows = {(r[4], r[5]): r for r in csv.reader(io.StringIO(results.to_csv(tables, "final")))}
-    assert rows[("mwn", "10-0.2")][9:] == ["colour", "250.0", "2.273"]
+    assert rows[("mwn", "10-0.2")][9:] == ["color_subset", "250.0", "2.273"]
     assert rows[("trivialaugment", "50-0.1")][9:] == ["trivialaugment", "80.0", ""]
 
 

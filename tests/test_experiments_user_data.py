@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from autodo_jax import parallel
-from experiments import config as cfg_lib, config_checks, run_setup, trainer, visualize
+from experiments import config as cfg_lib, config_checks, methods, run_setup, trainer, visualize
 from experiments import workdir as workdir_lib
 from experiments.pipes import build_pipes
 from experiments.workdir import read_metrics
@@ -175,16 +175,17 @@ def test_methods_that_train_on_val_read_the_given_val_images(tmp_path):
     for method, changes in (("val_only", {}), ("train_plus_val", {}),
                             ("autodo_aws", {"train_on_val": True}), ("autodo_aws", {})):
         config = cfg_lib.Config(**dict(AS_GIVEN, dataset=npz, method=method, **changes))
+        train_on = methods.get(method).trains_on(config.train_on_val)
         data = run_setup.load_data(config)
         split = data.split
         train_part = (x[split.train_index], y[split.train_index])
         val_part = (xv[split.val_index], yv[split.val_index])
         parts = {"val": [val_part], "train": [train_part],
-                 "train+val": [train_part, val_part]}[cfg_lib.train_on(config)]
+                 "train+val": [train_part, val_part]}[train_on]
         np.testing.assert_array_equal(data.inner.images(data.train_index)[..., 0],
                                       np.concatenate([p[0] for p in parts]))
         np.testing.assert_array_equal(data.train_labels, np.concatenate([p[1] for p in parts]))
-        assert data.has_val == (cfg_lib.train_on(config) == "train")
+        assert data.has_val == (train_on == "train")
     mesh = parallel.make_mesh(1)
     pipes = build_pipes(config.replace(train_on_val=True), run_setup.load_data(
         config.replace(train_on_val=True)), mesh)

@@ -224,7 +224,7 @@ def test_sweep_resumes_after_a_kill_and_repeats_no_finished_run(tmp_path):
     again = subprocess.run(_sweep_cmd(root, res), cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=1800)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert f"3 runs: 1 finished (skipped)" in again.stdout or "2 finished (skipped)" in again.stdout
+    assert "3 runs: 1 finished (skipped)" in again.stdout or "2 finished (skipped)" in again.stdout
     assert os.stat(first).st_mtime_ns == stamp  # not repeated
     log = open(os.path.join(root, "logs", runs[0].name + ".log")).read()
     assert log.count("$ ") == 1  # started once

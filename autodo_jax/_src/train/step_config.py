@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from autodo_jax import implicit, losses, tables
+from autodo_jax import implicit, tables
 from autodo_jax import reweight as reweight_lib
 from autodo_jax.models import MODEL_NAMES, Classifier, get_model
 
