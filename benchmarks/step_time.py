@@ -33,6 +33,11 @@ and with ``reweight_scope="head"`` ("l2rw_head", "mwn_head"), and one line per c
 ``_cpu``): their cost per train image relative to the plain step (issue 13's target: <= 3).
 Example for the mnist5k default model:
 ``python -m benchmarks.step_time --cases small_cnn:32:1 --reweight``.
+
+``--devices N`` runs every step data-parallel on a mesh of N devices (the batch sharded
+``P("data")``, the table row-sharded, as ``experiments.train`` runs them); on a CPU host
+force them with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``. Each device then
+runs its share of the batch on its own thread.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import time
 import jax
 import numpy as np
 
-from autodo_jax import train
+from autodo_jax import parallel, train
 
 N_ROWS = 50_000
 CLASSES = 10
@@ -74,7 +79,17 @@ def _parse(argv=None) -> argparse.Namespace:
                              "call), per step")
     parser.add_argument("--reweight", action="store_true",
                         help="also time the l2rw and mwn inner steps against the plain step")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="data-parallel mesh of this many devices (CPU: force them with "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     args = parser.parse_args(argv)
+    if not 1 <= args.devices <= jax.device_count():
+        parser.error(f"--devices: {jax.device_count()} device(s) visible, asked for "
+                     f"{args.devices}; on a CPU host set XLA_FLAGS="
+                     f"--xla_force_host_platform_device_count={args.devices}")
+    if args.devices > 1 and (args.table_rows or args.steps_per_dispatch > 1):
+        parser.error("--devices > 1 times single steps only (no --table_rows, "
+                     "--steps_per_dispatch 1)")
     if args.reweight and args.no_plain:
         parser.error("--reweight needs the plain step (drop --no-plain)")
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
@@ -110,13 +125,21 @@ def _config(model: str, upsample: int, dtype: str, learn: bool) -> train.StepCon
         curvature="hessian")
 
 
-def _batches(rng: np.random.Generator, shape, batch: int, count: int, rows: int = N_ROWS):
+def _batches(rng: np.random.Generator, shape, batch: int, count: int, rows: int = N_ROWS,
+             mesh=None):
+    """``count`` random batches; with ``mesh``, sharded ``P("data")`` with each device's ids
+    drawn from its own shard of the (padded) table rows, as the trainer's sampler does."""
+    shards = 1 if mesh is None else mesh.size
+    local_rows = parallel.padded_num_rows(rows, shards) // shards
     out = []
     for _ in range(count):
-        ids = np.sort(rng.choice(rows, batch, replace=False)).astype(np.int32)
+        ids = np.concatenate([np.sort(rng.choice(local_rows, batch // shards, replace=False))
+                              for _ in range(shards)]).astype(np.int32)
         out.append({"images": rng.normal(size=(batch,) + shape).astype(np.float32),
                     "labels": rng.integers(0, CLASSES, batch).astype(np.int32), "ids": ids})
-    return jax.device_put(out)
+    if mesh is None:
+        return jax.device_put(out)
+    return [parallel.global_batch(b, mesh) for b in out]
 
 
 def _compile(fn, *args):
@@ -151,19 +174,23 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
     labels = rng.integers(0, CLASSES, N_ROWS).astype(np.int32)
     cfg = _config(model, upsample, args.dtype, learn=True)
     table = train.autodo_table_init(labels, CLASSES, aug=True, weight=True, soft=True)
-    state = train.create_train_state(jax.random.key(0), cfg, table, shape)
-    batches = _batches(rng, shape, batch, 4)
-    val = _batches(rng, shape, batch, 1)[0]
-    inner, inner_compile = _compile(train.inner_step, state, batches[0], cfg)
-    hyper, hyper_compile = _compile(train.hyper_step, state, batches[0], val, cfg)
+    mesh = parallel.make_mesh(args.devices) if args.devices > 1 else None
+    if batch % args.devices:
+        raise SystemExit(f"--cases: batch {batch} does not split over {args.devices} devices")
+    state = train.create_train_state(jax.random.key(0), cfg, table, shape, mesh=mesh)
+    batches = _batches(rng, shape, batch, 4, mesh=mesh)
+    val = _batches(rng, shape, batch, 1, mesh=mesh)[0]
+    inner, inner_compile = _compile(train.inner_step, state, batches[0], cfg, mesh)
+    hyper, hyper_compile = _compile(train.hyper_step, state, batches[0], val, cfg, mesh)
     phases = {"inner": (lambda s, b: inner(s, b)), "hyper": (lambda s, b: hyper(s, b, val))}
     compile_s = {"inner": inner_compile, "hyper": hyper_compile}
     plain_state = None
     if not args.no_plain:
         plain_cfg = _config(model, upsample, args.dtype, learn=False)
-        plain_state = train.create_train_state(jax.random.key(0), plain_cfg, {}, shape)
+        plain_state = train.create_train_state(jax.random.key(0), plain_cfg, {}, shape,
+                                               mesh=mesh)
         plain, compile_s["plain"] = _compile(train.inner_step, plain_state, batches[0],
-                                             plain_cfg)
+                                             plain_cfg, mesh)
         phases["plain"] = lambda s, b: plain(s, b)
     states = {"inner": state, "hyper": state, "plain": plain_state}
     k = args.steps_per_dispatch
@@ -180,9 +207,9 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
         states[f"inner_k{k}"] = train.create_train_state(jax.random.key(0), cfg, fresh, shape)
     for name, (method, scope) in (_reweight_phases() if args.reweight else {}).items():
         rcfg = dataclasses.replace(plain_cfg, reweight=method, reweight_scope=scope)
-        states[name] = train.create_train_state(jax.random.key(0), rcfg, {}, shape)
+        states[name] = train.create_train_state(jax.random.key(0), rcfg, {}, shape, mesh=mesh)
         step, compile_s[name] = _compile(train.reweight_step, states[name], batches[0],
-                                         val, rcfg)
+                                         val, rcfg, mesh)
         phases[name] = lambda s, b, step=step: step(s, b, val)
     times = {phase: [] for phase in phases}
     for _ in range(args.rounds + 1):  # round 0 warms up (first calls, allocations)
@@ -195,6 +222,8 @@ def run_case(model: str, batch: int, upsample: int, args) -> list[dict]:
                      [(w / per_step[phase], c / per_step[phase])
                       for r in times[phase][1:] for w, c in r], compile_s[phase])
                for phase in phases]
+    for record in records:
+        record["devices"] = args.devices
     by_phase = {r["phase"]: r for r in records}
     ratio = {key: round(by_phase["hyper"][key] / by_phase["inner"][key], 3)
              for key in ("ms_median", "cpu_ms_median")}

@@ -164,10 +164,28 @@ def _every_class(num_classes: int, shape: tuple, per_class: int, file_names: boo
     return records
 
 
+@pytest.fixture()
+def shallow_zoo(monkeypatch):
+    """The settings' networks at one block per stage (what a setting configures is the
+    run, not the depth): WRN-10-2 under the name wrn28_2 and a one-block-per-stage
+    ResNet under resnet18, so each setting compiles in seconds on a 2-core CPU. The
+    full-depth models are built and their fit checked elsewhere."""
+    from autodo_jax import models
+    from autodo_jax.models.resnet import ResNetEncoder
+    from autodo_jax.models.wrn import WideResNetEncoder
+    monkeypatch.setitem(models._ENCODERS, "wrn28_2",
+                        lambda dtype: WideResNetEncoder(depth=10, widen=2, dtype=dtype))
+    monkeypatch.setitem(models._ENCODERS, "resnet18", lambda dtype: ResNetEncoder(
+        (64, 128, 256, 512), (1, 2, 2, 2), blocks_per_stage=1, stem_width=64, stem_kernel=7,
+        dtype=dtype))
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("shallow_zoo")
 @pytest.mark.parametrize("name, arg, changes, mock", [
-    # WRN-28-10 on CPU costs minutes per step: the same network at width 2 runs the
-    # setting here; the width-10 model's fit is checked abstractly above.
+    # WRN-28-10 on CPU costs minutes per step: the same family at width 2 (and, with
+    # shallow_zoo, depth 10) runs the setting here; the width-10 model's fit is checked
+    # abstractly above.
     ("svhn_wrn28_10.py", None, dict(model="wrn28_2"), dict(num_examples=160)),
     ("cifar_wrn28_10.py", "cifar10", dict(model="wrn28_2"), dict(num_examples=160)),
     ("cifar_wrn28_10.py", "cifar100", dict(model="wrn28_2"),
