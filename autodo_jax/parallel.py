@@ -28,9 +28,10 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, Sharding
 
 from autodo_jax.tables import DATA_AXIS, Table, num_table_rows, shared_keys
 
@@ -45,6 +46,8 @@ __all__ = [
     "maybe_initialize_distributed",
     "padded_num_rows",
     "replicated_sharding",
+    "repad_rows",
+    "row_read_sharding",
     "row_shardings",
     "shard_table",
 ]
@@ -308,3 +311,43 @@ def row_shardings(tree: Any, mesh: Mesh, num_rows: int) -> Any:
         return data_sharding(mesh) if rows else replicated_sharding(mesh)
 
     return jax.tree.map(pick, tree)
+
+
+def row_read_sharding(sharding: Sharding, num_rows: int) -> Sharding:
+    """How to place a per-example leaf of ``num_rows`` rows (e.g. a table saved on another
+    device count) before :func:`repad_rows` brings it to ``sharding``.
+
+    Args:
+      sharding: the target placement of the re-padded leaf.
+      num_rows: the leading size of the leaf to place (its padded row count).
+
+    Returns:
+      ``sharding``'s partitioning on its mesh when the mesh's devices divide ``num_rows``,
+      else replicated on that mesh; ``sharding`` itself when it has no mesh.
+    """
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None:
+        return sharding
+    if num_rows % mesh.size == 0:
+        return NamedSharding(mesh, P(*sharding.spec))
+    return NamedSharding(mesh, P())
+
+
+def repad_rows(x: jax.Array, num_rows: int, padded_rows: int, sharding: Sharding) -> jax.Array:
+    """A per-example leaf re-padded to another padded row count (another device count).
+
+    Args:
+      x: ``(R, ...)`` with ``R >= num_rows``: real rows first, padding after (any placement).
+      num_rows: N, the real rows (``<= padded_rows``).
+      padded_rows: the leading size of the result (e.g. ``padded_num_rows(N, devices)``).
+      sharding: the placement of the result (e.g. ``data_sharding(mesh)``).
+
+    Returns:
+      ``(padded_rows, ...)``, same dtype: rows ``[0, N)`` of ``x``, zero rows after (as
+      ``shard_table`` pads), placed with ``sharding``.
+    """
+    if not 0 <= num_rows <= min(x.shape[0], padded_rows):
+        raise ValueError(f"repad_rows: num_rows={num_rows} must lie in [0, min(rows "
+                         f"{x.shape[0]}, padded_rows {padded_rows})]")
+    pad = [(0, padded_rows - num_rows)] + [(0, 0)] * (x.ndim - 1)
+    return jax.jit(lambda a: jnp.pad(a[:num_rows], pad), out_shardings=sharding)(x)

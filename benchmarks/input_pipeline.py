@@ -1,4 +1,4 @@
-"""Images/s of the host train pipeline (TrainLoader + host transform + prefetch thread).
+"""Images/s of the host train pipeline (TrainLoader + host transform + prefetch threads).
 
 Cases: mnist5k (IR 10, NR 0.2 split, batch 32 as the original's MNIST) with every policy
 the original has for MNIST, and random 32x32x3 uint8 arrays (CIFAR-10 preprocessing,
@@ -14,6 +14,7 @@ Usage: python -m benchmarks.input_pipeline [--quick] [--workers 1,2]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import numpy as np
 
 from autodo_jax.data import distortion, pipeline, sources, transforms
 from autodo_jax.parallel import ShardLocalSampler
+from experiments.pipes import loader_position
 
 
 def _array_source(n: int = 8192) -> sources.Source:
@@ -37,10 +39,9 @@ def measure(source: sources.Source, policy: str, batch: int, steps: int,
     split = distortion.make_split(source, distortion.DistortionConfig(10, 0.2, seed=0))
     sampler = ShardLocalSampler(split.num_train, 1, batch, 0)
     loader = pipeline.TrainLoader(source, split, sampler,
-                                  transforms.host_transform(policy, source.family), seed=0,
-                                  prefetch=2)
-    it = pipeline.prefetched(lambda pos: loader.batch(*pos), loader.positions(0, 0), 2,
-                             workers=workers)
+                                  transforms.host_transform(policy, source.family), seed=0)
+    positions = (loader_position(loader, k) for k in itertools.count())
+    it = pipeline.prefetched(lambda pos: loader.batch(*pos), positions, 2, workers=workers)
     next(it)   # warm-up (thread start, first batch)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):

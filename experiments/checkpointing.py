@@ -386,14 +386,7 @@ def _plan(flat, integrity: dict[str, Any], num_rows: int | None):
 
 
 def _repad(x: jax.ShapeDtypeStruct, saved_shape: tuple[int, ...], num_rows: int):
-    sharding = x.sharding
-    mesh = getattr(sharding, "mesh", None)
-    if mesh is not None and saved_shape[0] % mesh.size == 0:
-        read = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*sharding.spec))
-    elif mesh is not None:
-        read = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    else:
-        read = sharding
-    pad = [(0, x.shape[0] - num_rows)] + [(0, 0)] * (len(x.shape) - 1)
-    finish = jax.jit(lambda a: jnp.pad(a[:num_rows], pad), out_shardings=sharding)
-    return jax.ShapeDtypeStruct(saved_shape, x.dtype, sharding=read), finish
+    """(how to read a leaf saved at `saved_shape`, how to re-pad it into `x`)."""
+    read = parallel.row_read_sharding(x.sharding, saved_shape[0])
+    return (jax.ShapeDtypeStruct(saved_shape, x.dtype, sharding=read),
+            lambda a: parallel.repad_rows(a, num_rows, x.shape[0], x.sharding))

@@ -127,8 +127,7 @@ def model_fit_error(config: cfg_lib.Config, image_shape, num_classes: int,
     says so.
     """
     h, w = image_shape[:2]
-    minimum = {"resnet18": 32, "wrn28_2": 8, "wrn28_10": 8, "lenet": 16, "mnist_resnet": 8,
-               "small_cnn": 4}.get(config.model, 1)
+    minimum = models.min_image_size(config.model)
     hint = "; resize them with --image_size=HxW" if resizable else ""
     if min(h, w) < minimum:
         return f"needs images of at least {minimum}x{minimum}{hint}"

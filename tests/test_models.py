@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autodo_jax.models import (MODEL_NAMES, count_params, encode, get_model, head_apply,
-                               init_variables)
+                               init_variables, min_image_size)
 
 # (name, image shape, classes, encoder params, total params)
 _COUNTS = [
@@ -37,6 +37,19 @@ def test_all_names_tested_and_bad_name():
     assert {c[0] for c in _COUNTS} == set(MODEL_NAMES)
     with pytest.raises(ValueError, match="model name"):
         get_model("resnet50", 10)
+    with pytest.raises(ValueError, match="model name"):
+        min_image_size("resnet50")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_traces_at_its_minimum_image_size(name):
+    size = min_image_size(name)
+    assert isinstance(size, int) and size >= 1
+    model = get_model(name, 10)
+    variables = jax.eval_shape(lambda k: init_variables(model, k, (size, size, 3)),
+                               jax.random.key(0))
+    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3))), variables)
+    assert logits.shape == (2, 10)
 
 
 def test_encode_head_split_matches_apply():

@@ -242,3 +242,23 @@ def test_non_local_ids_with_a_mesh():
     rows = jax.jit(lambda t, i: tables.gather(t, i, mesh=mesh))(table, parallel.global_batch(ids, mesh))
     np.testing.assert_allclose(np.asarray(rows["p"])[:2], _initial(64)["p"][:2], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(rows["p"])[2:], 0.0)
+
+
+@pytest.mark.parametrize("saved_rows,saved_devices,devices,padded", [(64, 8, 2, 62), (61, 1, 8, 64)])
+def test_repad_rows_keeps_real_rows_and_zero_pads(saved_rows, saved_devices, devices, padded):
+    """A table leaf of N = 61 rows saved padded for one device count (64 on 8 devices, 61 on
+    1) re-padded for another (62 on 2, 64 on 8): rows kept, padding zero, sharding as asked."""
+    n, rng = 61, np.random.default_rng(0)
+    real = rng.normal(size=(n, 3)).astype(np.float32)
+    host = np.concatenate([real, np.full((saved_rows - n, 3), 7.0, np.float32)])  # any padding
+    saved = jax.device_put(host, parallel.data_sharding(parallel.make_mesh(saved_devices)))
+    target = parallel.data_sharding(parallel.make_mesh(devices))
+    read = parallel.row_read_sharding(target, saved_rows)
+    assert read.spec == (P("data") if saved_rows % devices == 0 else P())
+    out = parallel.repad_rows(jax.device_put(saved, read), n, padded, target)
+    assert out.shape == (padded, 3) and out.dtype == jnp.float32
+    assert out.sharding.is_equivalent_to(target, 2)
+    np.testing.assert_array_equal(np.asarray(out[:n]), real)
+    np.testing.assert_array_equal(np.asarray(out[n:]), 0)
+    with pytest.raises(ValueError, match="num_rows"):
+        parallel.repad_rows(saved, padded + 1, padded, target)

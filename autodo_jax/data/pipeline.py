@@ -12,8 +12,8 @@ same batches bit for bit.
 
 Own loader rather than grain: the order must come from the external sampler (row-shard
 locality of the tables) and the vectorised host transforms work on whole batches, so a
-grain MapDataset would only wrap an index lookup; a background thread with a bounded
-queue gives the prefetching.
+grain MapDataset would only wrap an index lookup; :func:`prefetched` (worker threads a
+bounded number of batches ahead) gives the prefetching.
 """
 from __future__ import annotations
 
@@ -124,7 +124,6 @@ class BatchLoader:
         seed: seed of the host augmentation.
         shards: the blocks of every global batch this process loads
             (``parallel.host_shards(mesh, B)``); None: the whole batch, one block.
-        prefetch: batches computed ahead in a background thread (0: none).
         with_ids: include ``"ids"`` (int32 rows) in the batches.
         random_decode: read images with ``train_images(idx, rng)`` (random-resized crop for
             variable-size data) rather than the deterministic ``images(idx)``.
@@ -132,14 +131,12 @@ class BatchLoader:
 
     def __init__(self, source_split: Any, index: np.ndarray, labels: np.ndarray, sampler: Any,
                  transform: Transform, *, seed: int, shards: Shards = None,
-                 prefetch: int = 2, with_ids: bool = True, random_decode: bool = True):
+                 with_ids: bool = True, random_decode: bool = True):
         if not (hasattr(sampler, "batch_ids") and hasattr(sampler, "steps_per_epoch")):
             raise TypeError("sampler must have .steps_per_epoch and .batch_ids(epoch, step), "
                             f"got {type(sampler).__name__}")
         if not callable(transform):
             raise TypeError(f"transform must be callable(images, rng), got {transform!r}")
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.index = np.asarray(index, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int32)
         if self.index.shape != self.labels.shape or self.index.ndim != 1:
@@ -148,7 +145,7 @@ class BatchLoader:
         if self.index.size and (self.index.min() < 0 or self.index.max() >= len(source_split)):
             raise ValueError(f"index values must lie in [0, {len(source_split)})")
         self.source_split, self.sampler, self.transform = source_split, sampler, transform
-        self.seed, self.prefetch, self.with_ids = int(seed), prefetch, with_ids
+        self.seed, self.with_ids = int(seed), with_ids
         self.random_decode = random_decode
         self.shards = None if shards is None else tuple(shards)
 
@@ -182,57 +179,20 @@ class BatchLoader:
             return parts[0]
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    def next_position(self, epoch: int, step: int) -> tuple[int, int]:
-        """The position after (epoch, step): what to checkpoint once that batch is consumed."""
-        return (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
-
-    def positions(self, epoch: int = 0, step: int = 0,
-                  num_steps: int | None = None) -> Iterator[tuple[int, int]]:
-        """(epoch, step) from the given position on, across epochs; ``num_steps`` of them."""
-        spe = self.steps_per_epoch
-        if spe < 1:
-            raise ValueError("sampler.steps_per_epoch must be >= 1 (batch larger than the data?)")
-        if not 0 <= step < spe or epoch < 0:
-            raise ValueError(f"position must have epoch >= 0 and 0 <= step < {spe}, "
-                             f"got ({epoch}, {step})")
-        count = 0
-        while num_steps is None or count < num_steps:
-            yield epoch, step
-            count += 1
-            epoch, step = self.next_position(epoch, step)
-
-    def iterate(self, epoch: int = 0, step: int = 0,
-                num_steps: int | None = None) -> Iterator[tuple[int, int, Batch]]:
-        """Yields ``(epoch, step, batch)`` from (epoch, step) on, prefetched in a thread.
-
-        Closing the generator (or leaving the for loop) stops the thread. The position to
-        checkpoint after consuming a batch at (e, s) is the next one: (e, s + 1), or
-        (e + 1, 0) at the end of an epoch.
-        """
-        for (e, s), batch in prefetched(lambda pos: self.batch(*pos),
-                                      self.positions(epoch, step, num_steps), self.prefetch):
-            yield e, s, batch
-
-    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, Batch]]:
-        """Yields ``(step, batch)`` for the rest of ``epoch`` from ``start_step``."""
-        n = self.steps_per_epoch - start_step
-        for _, s, batch in self.iterate(epoch, start_step, max(n, 0)):
-            yield s, batch
-
 
 def TrainLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
-                shards: Shards = None, prefetch: int = 2) -> BatchLoader:
+                shards: Shards = None) -> BatchLoader:
     """Train batches ``{"images", "labels", "ids"}`` of a distorted split (ids = table rows).
 
     Args:
         source: ``sources.Source``; split: ``distortion.Split``; the rest as ``BatchLoader``.
     """
     return BatchLoader(source.train, split.train_index, split.train_labels, sampler, transform,
-                       seed=seed, shards=shards, prefetch=prefetch, with_ids=True)
+                       seed=seed, shards=shards, with_ids=True)
 
 
 def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed: int,
-              shards: Shards = None, prefetch: int = 2) -> BatchLoader:
+              shards: Shards = None) -> BatchLoader:
     """Random validation batches ``{"images", "labels"}`` (clean labels) for hyper steps.
 
     ``sampler`` must range over ``len(split.val_index)`` rows; ``transform`` is normally
@@ -242,7 +202,7 @@ def ValLoader(source: Any, split: Any, sampler: Any, transform: Transform, seed:
     """
     data = val_source(source, split)
     return BatchLoader(data, split.val_index, split.val_labels, sampler, transform, seed=seed,
-                       shards=shards, prefetch=prefetch, with_ids=False, random_decode=False)
+                       shards=shards, with_ids=False, random_decode=False)
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:
@@ -273,8 +233,7 @@ def eval_set(source: Any, split: Any, which: str,
 
 
 def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch_size: int,
-                 *, transform: Transform, shards: Shards = None,
-                 prefetch: int = 2) -> Iterator[Batch]:
+                 *, transform: Transform, shards: Shards = None) -> Iterator[Batch]:
     """Fixed-order evaluation batches, the last one padded.
 
     Args:
@@ -288,7 +247,8 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
     Yields:
         ``{"images": float32 (b,H,W,C), "labels": int32 (b,), "mask": bool (b,)}`` with the
         rows of this process's blocks (b = B on one process), ceil(n / B) batches; padded
-        slots repeat example ``index[0]`` with mask False.
+        slots repeat example ``index[0]`` with mask False; computed two batches ahead in a
+        thread.
     """
     index = np.asarray(index, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int32)
@@ -307,6 +267,5 @@ def eval_batches(source_split: Any, index: np.ndarray, labels: np.ndarray, batch
         images = transform(source_split.images(index[pos]), rng)
         return {"images": images, "labels": labels[pos], "mask": mask}
 
-    for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))),
-                             prefetch):
+    for _, batch in prefetched(produce, iter(range(num_eval_batches(index.size, batch_size))), 2):
         yield batch
