@@ -16,9 +16,9 @@ import optax
 from jax.sharding import Mesh
 
 from autodo_jax import losses, reweight
-from autodo_jax._src.implicit.tree import all_finite
 from autodo_jax._src.train.multistep import scan_steps
 from autodo_jax._src.train.state import TrainState
+from autodo_jax._src.train.steps import guarded_update
 from autodo_jax._src.train.step_config import (StepConfig, inner_optimizer, lr_schedule,
                                                model_from_config, mwn_optimizer)
 from autodo_jax.models import encode, head_apply
@@ -149,11 +149,9 @@ def reweight_step(state: TrainState, batch: Batch, val_batch: Batch, cfg: StepCo
     loss, logits, stats, grads, w, meta, info = scope(state, batch, val_batch, cfg, lr)
     ce = jnp.mean(losses.cross_entropy(logits, batch["labels"]))
     updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
-    new = (optax.apply_updates(state.params, updates), stats, opt_state, meta)
-    finite = info.finite & all_finite(loss, *new)
-    params, stats, opt_state, meta = jax.tree.map(
-        lambda a, b: jnp.where(finite, a, b), new,
-        (state.params, state.batch_stats, state.opt_state, state.meta))
+    (params, stats, opt_state, meta), finite = guarded_update(
+        loss, (optax.apply_updates(state.params, updates), stats, opt_state, meta),
+        (state.params, state.batch_stats, state.opt_state, state.meta), finite=info.finite)
     b = w.shape[0]
     metrics = {
         "loss": loss,

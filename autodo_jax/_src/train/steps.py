@@ -70,6 +70,29 @@ def _global_norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
+def guarded_update(loss: jax.Array, new: tuple, old: tuple,
+                   finite: Optional[jax.Array] = None) -> tuple[tuple, jax.Array]:
+    """The numerical guard of the model steps: ``new`` only if it can be trusted.
+
+    Args:
+        loss: the step's loss (scalar).
+        new: the updated values, a tuple of pytrees (e.g. ``(params, batch_stats,
+            opt_state)``).
+        old: the current values, the same structure, shapes and dtypes as ``new``.
+        finite: optional bool scalar, another condition for the update (e.g. the
+            look-ahead's own finite flag).
+
+    Returns:
+        ``(kept, ok)``: ``kept`` is ``new`` when ``ok``, else ``old`` (leaf by leaf,
+        ``jnp.where``); ``ok`` (bool scalar) is True when the loss and every element of
+        ``new`` are finite and ``finite`` (if given) is True.
+    """
+    ok = all_finite(loss, *new)
+    if finite is not None:
+        ok = finite & ok
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old), ok
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh"), donate_argnums=0)
 def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
                mesh: Optional[Mesh] = None) -> tuple[TrainState, Metrics]:
@@ -109,10 +132,9 @@ def inner_step(state: TrainState, batch: Batch, cfg: StepConfig,
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = inner_optimizer(cfg).update(grads, state.opt_state, state.params)
-    new = (optax.apply_updates(state.params, updates), new_stats, opt_state)
-    finite = all_finite(loss, *new)
-    params, new_stats, opt_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new,
-                                                (state.params, state.batch_stats, state.opt_state))
+    (params, new_stats, opt_state), finite = guarded_update(
+        loss, (optax.apply_updates(state.params, updates), new_stats, opt_state),
+        (state.params, state.batch_stats, state.opt_state))
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
@@ -330,7 +352,6 @@ def eval_step(state: TrainState, batch: Batch, cfg: StepConfig) -> Metrics:
         "correct_per_class": per_class.at[labels].add(hit.astype(jnp.int32)),
         "count_per_class": per_class.at[labels].add(mask.astype(jnp.int32)),
     }
-
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:
     """Raises ``FloatingPointError`` if any loss metric (a key containing "loss") is NaN
