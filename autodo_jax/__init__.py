@@ -42,7 +42,7 @@ _NAMES = {
                "weighted_mean"),
     "models": ("get_model", "MODEL_NAMES", "encode", "head_apply", "init_variables"),
     "train": ("StepConfig", "TrainState", "autodo_table_init", "create_train_state",
-              "inner_step", "hyper_step", "eval_step", "check_finite"),
+              "inner_step", "hyper_step", "eval_step", "make_steps", "Steps"),
 }
 _HOME = {name: module for module, names in _NAMES.items() for name in names}
 

@@ -8,7 +8,7 @@ import numpy as np
 from train_step_fixtures import B, FULL, data, make_batch, make_state
 
 from autodo_jax import augment, implicit, losses, tables, train
-from autodo_jax._src.train import steps as steps_impl
+from autodo_jax._src.train import step_config as step_impl, steps as steps_impl
 from autodo_jax.models import encode, head_apply
 
 
@@ -38,7 +38,7 @@ def test_table_hypergrads_equal_direct_hypergradient():
     direct_rows = tables.gather(state.table, tb["ids"])
     direct, direct_info = jax.jit(lambda: implicit.hypergrad(
         train_loss, val_loss, state.params["head"], direct_rows, tb, vb,
-        solver=train.make_solver(FULL, key)))()
+        solver=step_impl.make_solver(FULL, key)))()
     assert bool(info.finite)
     for k in direct:
         scale = float(jnp.max(jnp.abs(direct[k])))

@@ -11,6 +11,7 @@ import pytest
 from train_step_fixtures import B, C, HW, NONE, data, host, make_batch
 
 from autodo_jax import losses, parallel, reweight, train
+from autodo_jax._src.train import step_config as step_impl
 from autodo_jax.models import encode, head_apply
 
 L2RW = dataclasses.replace(NONE, reweight="l2rw")
@@ -53,7 +54,7 @@ def test_step_applies_the_optimizer_to_the_weighted_gradient(cfg):
 
     @jax.jit
     def reference(params, opt_state, phi, phi_state):
-        lr = train.lr_schedule(cfg)(0)
+        lr = step_impl.lr_schedule(cfg)(0)
         moved = (lambda hp: dict(params, head=hp)) if head_only else (lambda p: p)
         look_loss = lambda p, b: per_example(moved(p), b)
         look_val = lambda p, b: jnp.mean(per_example(moved(p), b))
@@ -65,11 +66,11 @@ def test_step_applies_the_optimizer_to_the_weighted_gradient(cfg):
         else:
             g, info = reweight.mwn_meta_grad(look_loss, look_val, look_params, phi, batch,
                                              val, step_size=lr)
-            updates, phi_state = train.mwn_optimizer(cfg).update(g, phi_state, phi)
+            updates, phi_state = step_impl.mwn_optimizer(cfg).update(g, phi_state, phi)
             meta = {"params": optax.apply_updates(phi, updates), "opt_state": phi_state}
             w = reweight.mwn_example_weights(meta["params"], per_example(params, batch))
         grads = jax.grad(lambda p: jnp.sum(w * per_example(p, batch)))(params)
-        updates, _ = train.inner_optimizer(cfg).update(grads, opt_state, params)
+        updates, _ = step_impl.inner_optimizer(cfg).update(grads, opt_state, params)
         return optax.apply_updates(params, updates), meta, w, info.val_loss
 
     want, meta, w, val_loss = reference(before.params, before.opt_state,

@@ -56,7 +56,7 @@ def test_inner_steps_lower_loss_without_table():
     step_losses = []
     for _ in range(8):
         state, metrics = train.inner_step(state, batch, NONE)
-        train.check_finite(metrics, int(state.step))
+        assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 0
         step_losses.append(float(metrics["loss"]))
     after = train.eval_step(state, batch, NONE)
     assert int(state.step) == 8
@@ -89,12 +89,6 @@ def _logits(state, images):
     model = train.model_from_config(NONE)
     return head_apply(state.params["head"],
                       encode(model, state.params, state.batch_stats, images, train=False)[0])
-
-
-def test_check_finite_raises():
-    train.check_finite({"loss": jnp.float32(1.0), "residual": jnp.nan}, 3)
-    with pytest.raises(FloatingPointError, match="loss.*step 7"):
-        train.check_finite({"loss": jnp.float32(jnp.inf)}, 7)
 
 
 def test_inner_step_keeps_table_and_hyper_step_touches_only_batch_rows():

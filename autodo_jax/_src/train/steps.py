@@ -6,7 +6,6 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh
@@ -353,16 +352,3 @@ def eval_step(state: TrainState, batch: Batch, cfg: StepConfig) -> Metrics:
         "count_per_class": per_class.at[labels].add(mask.astype(jnp.int32)),
     }
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-    """Raises ``FloatingPointError`` if any loss metric (a key containing "loss") is NaN
-    or infinite. Pulls those values to the host.
-
-    Args:
-        metrics: metrics of a step (device or host values).
-        step: step number for the message.
-    """
-    for name, value in metrics.items():
-        if "loss" in name:
-            arr = np.asarray(jax.device_get(value))
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                raise FloatingPointError(f"non-finite {name} = {arr} at step {step}")
