@@ -38,44 +38,45 @@ def hints(config: cfg_lib.Config, kind: str) -> str:
     return ", ".join(tries) + ", or check the data for extreme values"
 
 
-def divergence(sums: MetricSums, kind: str, prog: Progress, config: cfg_lib.Config, *,
-               end_of_pass: bool) -> str | None:
+def divergence(sums: MetricSums, kind: str, prog: Progress, config: cfg_lib.Config,
+               done: int, *, end_of_pass: bool) -> str | None:
     """Why the steps of ``kind`` in the pass ``sums`` counts mean divergence, or None.
 
     Args:
         sums: the metric sums of the epoch's ``kind`` pass (flushed).
         kind: "train" or "hyper".
-        prog: the run's position (``step`` / ``hyper_step``: steps done so far).
+        prog: the run's position (its epoch).
         config: the run's settings (``max_nonfinite_steps`` and the hints' flags).
+        done: the steps of ``kind`` done so far (the state's ``step`` / ``hyper_count``).
         end_of_pass: the pass is complete, so its skipped share is judged too.
     """
     name = _NAMES[kind]
-    last = prog.step if kind == "train" else prog.hyper_step
     limit = config.max_nonfinite_steps
     if sums.run >= limit:
-        return (f"{name} steps {last - sums.run + 1}-{last} (epoch {prog.epoch + 1}) had "
+        return (f"{name} steps {done - sums.run + 1}-{done} (epoch {prog.epoch + 1}) had "
                 f"non-finite losses or updates and were skipped: {sums.run} in a row "
                 f"(--max_nonfinite_steps={limit})")
     total = sums.count + sums.skipped
     if end_of_pass and sums.skipped > sums.count:
         return (f"{sums.skipped} of the {total} {name} steps of epoch {prog.epoch + 1} "
-                f"({name} steps {last - total + 1}-{last}) had non-finite losses or updates "
+                f"({name} steps {done - total + 1}-{done}) had non-finite losses or updates "
                 "and were skipped (more than half of the pass)")
     return None
 
 
-def check(prog: Progress, kind: str, config: cfg_lib.Config, newest_checkpoint: int, *,
-          end_of_pass: bool) -> None:
+def check(prog: Progress, kind: str, config: cfg_lib.Config, newest_checkpoint: int,
+          done: int, *, end_of_pass: bool) -> None:
     """Raises ``Diverged`` (one line) if the ``kind`` pass in progress has diverged.
 
     Reads the pending step metrics first (``MetricSums.flush``: a sync point).
 
     Args:
         newest_checkpoint: number of the newest checkpoint of this run (0 = none yet).
+        done: the steps of ``kind`` done so far (see :func:`divergence`).
     """
     sums = prog.pass_sums(kind)
     sums.flush()
-    why = divergence(sums, kind, prog, config, end_of_pass=end_of_pass)
+    why = divergence(sums, kind, prog, config, done, end_of_pass=end_of_pass)
     if why is None:
         return
     kept = (f"the newest checkpoint (step {newest_checkpoint}) holds the last finite state"

@@ -246,32 +246,30 @@ def _compiled_steps(config: cfg_lib.Config, data: Data, mesh, pipes: Pipes,
         finally:
             gen.close()
 
+    steps = train.make_steps(cfg, mesh, k)
+
     def inner():
         if pipes.reweight_val is None:
-            args = first(lambda j: pipes.train.batch(0, j), pipes.steps_per_epoch)
-            fn = train.inner_step if args[-1] is None else train.inner_steps
+            produce = lambda j: pipes.train.batch(0, j)   # noqa: E731
         else:
-            args = first(lambda j: (pipes.train.batch(0, j), pipes.reweight_val.batch(
-                *loader_position(pipes.reweight_val, j))), pipes.steps_per_epoch)
-            fn = train.reweight_step if args[-1] is None else train.reweight_steps
-        args = args[:-1] if args[-1] is None else args
-        return fn.lower(spec(state), *args, cfg, mesh).compile()
+            produce = lambda j: (pipes.train.batch(0, j), pipes.reweight_val.batch(   # noqa: E731
+                *loader_position(pipes.reweight_val, j)))
+        *batches, valid = first(produce, pipes.steps_per_epoch)
+        return steps.train.lower(spec(state), *batches, valid=valid).compile()
 
     def hyper():
-        args = first(lambda j: (pipes.hyper_train.batch(*loader_position(pipes.hyper_train, j)),
-                                pipes.hyper_val.batch(*loader_position(pipes.hyper_val, j))),
-                     pipes.hyper_steps_per_epoch)
-        fn = train.hyper_step if args[-1] is None else train.hyper_steps
-        args = args[:-1] if args[-1] is None else args
-        return fn.lower(spec(state), *args, cfg, mesh).compile()
+        *batches, valid = first(
+            lambda j: (pipes.hyper_train.batch(*loader_position(pipes.hyper_train, j)),
+                       pipes.hyper_val.batch(*loader_position(pipes.hyper_val, j))),
+            pipes.hyper_steps_per_epoch)
+        return steps.hyper.lower(spec(state), *batches, valid=valid).compile()
 
     def evaluate():
         split, index, labels = pipeline.eval_set(data.source, data.split, "test", c.eval_limit)
         batch = next(pipeline.eval_batches(split, index, labels, c.eval_batch_size,
                                            transform=pipes.eval_transform,
                                            shards=parallel.host_shards(mesh, c.eval_batch_size)))
-        return train.eval_step.lower(spec(state), spec(parallel.global_batch(batch, mesh)),
-                                     cfg).compile()
+        return steps.eval.lower(spec(state), spec(parallel.global_batch(batch, mesh))).compile()
 
     return {"inner step": inner, "hyper step": hyper, "evaluation step": evaluate}
 

@@ -1,5 +1,7 @@
 """Where a run is, as a checkpoint records it: the data position (at any step), the
-counters, the metric sums of the epoch in progress and the evaluation history.
+counters the state does not hold, the metric sums of the epoch in progress and the
+evaluation history. The inner and hyper steps done are the state's own counters
+(``TrainState.step`` / ``hyper_count``), not kept here.
 
 A checkpoint may sit anywhere: between epochs, or inside a hyper or train pass after any
 dispatch. Everything the rest of the epoch needs to produce the same record as an
@@ -88,8 +90,8 @@ class Progress:
 
     Attributes:
       epoch: completed epochs (the epoch in progress is ``epoch``, 0-based).
-      hyper_done, train_done: steps done of the epoch in progress's hyper / train pass.
-      step, hyper_step: inner / hyper steps done in total (skipped ones included).
+      hyper_done, train_done: steps done of the epoch in progress's hyper / train pass
+        (the steps done in total are the state's ``step`` / ``hyper_count``).
       train_images, hyper_images: images consumed; wall_time_s: time of all sessions.
       hyper_time_s, train_time_s: time spent in the passes of the epoch in progress.
       runs: consecutive skipped steps at the end, per kind ("hyper", "train").
@@ -99,8 +101,6 @@ class Progress:
     epoch: int = 0
     hyper_done: int = 0
     train_done: int = 0
-    step: int = 0
-    hyper_step: int = 0
     train_images: int = 0
     hyper_images: int = 0
     wall_time_s: float = 0.0
@@ -109,10 +109,6 @@ class Progress:
     runs: dict = dataclasses.field(default_factory=lambda: {"hyper": 0, "train": 0})
     sums: dict = dataclasses.field(default_factory=dict)
     history: list = dataclasses.field(default_factory=list)
-
-    def checkpoint_id(self) -> int:
-        """Steps of either kind done: grows with every dispatch (the checkpoint's step)."""
-        return self.step + self.hyper_step
 
     def pass_sums(self, kind: str) -> MetricSums:
         """The MetricSums of this epoch's ``kind`` pass (created on first use)."""
@@ -125,8 +121,7 @@ class Progress:
         """Books one dispatch of ``steps`` steps of the epoch's ``kind`` ("hyper" |
         "train") pass: its metrics (see :meth:`MetricSums.add`), position and counters."""
         self.pass_sums(kind).add(metrics)
-        total = "hyper_step" if kind == "hyper" else "step"
-        for name, inc in ((f"{kind}_done", steps), (total, steps), (f"{kind}_images", images),
+        for name, inc in ((f"{kind}_done", steps), (f"{kind}_images", images),
                           (f"{kind}_time_s", seconds)):
             setattr(self, name, getattr(self, name) + inc)
 
@@ -160,6 +155,14 @@ class Progress:
         p = cls(**{k: v for k, v in meta.items() if k in fields and k != "sums"})
         p.sums = {k: MetricSums.from_json(v) for k, v in meta.get("sums", {}).items()}
         return p
+
+
+def step_counts(state: Any) -> dict[str, int]:
+    """``{"train": state.step, "hyper": state.hyper_count}`` of a ``train.TrainState`` on
+    the host: the inner and hyper steps done (skipped ones included); their sum is a
+    checkpoint's number. Reading them waits for the state's last dispatch."""
+    step, hyper = parallel.fetch((state.step, state.hyper_count))
+    return {"train": int(step), "hyper": int(hyper)}
 
 
 def format_duration(seconds: float) -> str:

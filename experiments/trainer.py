@@ -9,8 +9,9 @@ epoch about as costly as an ordinary one. Validation and test accuracy are measu
 every epoch.
 
 Dispatch: the passes run ``--steps_per_dispatch`` (K) steps per jit call
-(``train.inner_steps`` / ``train.hyper_steps``, a ``lax.scan`` over K stacked batches; the
-last dispatch of a pass is padded; K = 1 calls ``inner_step`` / ``hyper_step``);
+(``train.make_steps``: for K >= 2 ``inner_steps`` / ``hyper_steps`` / ``reweight_steps``, a
+``lax.scan`` over K stacked batches; the last dispatch of a pass is padded; K = 1 calls
+``inner_step`` / ``hyper_step`` / ``reweight_step``);
 ``--data_workers`` threads build, stack and place the batches ahead of the step. Every
 K >= 2 gives bitwise the same results (the same compiled step body); K = 1 agrees to float
 rounding; the worker count changes nothing (every batch a pure function of its position).
@@ -56,7 +57,7 @@ from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
                                        NonFiniteStateError)
 from experiments.metric_writer import MetricWriter
 from experiments.preemption import Preempted, PreemptionWatch
-from experiments.progress import Diverged, Progress, progress_line
+from experiments.progress import Diverged, Progress, progress_line, step_counts
 from experiments.pipes import (Pipes, build_pipes, default_data_workers,
                                default_steps_per_dispatch, derive_seed, dispatches,
                                loader_position)
@@ -77,7 +78,9 @@ class Trainer:
     """One run: state, loaders, writers and the epoch loop (used by train_and_evaluate).
 
     ``step_cfg`` is the library ``StepConfig`` of the run; the loop calls the jit-compiled
-    ``autodo_jax.train`` steps with it and the mesh.
+    steps ``train.make_steps(step_cfg, mesh, K)`` picked for it. The inner / hyper step
+    counts are the state's (``state.step``, ``state.hyper_count``); ``Progress`` holds the
+    position inside the epoch.
     """
 
     def __init__(self, config: cfg_lib.Config, workdir: str, data: run_setup.Data, mesh,
@@ -91,7 +94,12 @@ class Trainer:
         self.ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), log=log)
         self.hyper = methods.get(config.method).hyper_steps
         self.data_workers = config.data_workers or default_data_workers()
-        self.steps_per_dispatch = config.steps_per_dispatch or default_steps_per_dispatch()
+        self.steps = train.make_steps(step_cfg, mesh, config.steps_per_dispatch or
+                                      default_steps_per_dispatch())
+        # set by run(): the session's start (wall time, images), dispatches so far, the
+        # newest checkpoint's number, the preemption watch
+        self._wall0, self._start_images, self._dispatches, self._last_saved = 0.0, 0, 0, 0
+        self.watch: PreemptionWatch | None = None
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, state, which: str) -> dict[str, Any]:
@@ -104,7 +112,7 @@ class Trainer:
         shards = parallel.host_shards(self.mesh, self.c.eval_batch_size)
         for batch in pipeline.eval_batches(data, index, labels, self.c.eval_batch_size,
                                            transform=self.pipes.eval_transform, shards=shards):
-            out = train.eval_step(state, parallel.global_batch(batch, self.mesh), self.step_cfg)
+            out = self.steps.eval(state, parallel.global_batch(batch, self.mesh))
             outs.append({k: out[k] for k in ("loss_sum", "correct_per_class", "count_per_class")})
         host = parallel.fetch(outs)
         correct = np.sum([o["correct_per_class"] for o in host], axis=0)
@@ -120,7 +128,7 @@ class Trainer:
     # ---------------------------------------------------------------- passes
     def hyper_pass(self, state, epoch: int, prog: Progress):
         """The rest of epoch `epoch`'s hyper pass, from step ``prog.hyper_done``."""
-        p, cfg = self.pipes, self.step_cfg
+        p = self.pipes
         first = (epoch - self.c.hyper_start_epoch) * p.hyper_steps_per_epoch
 
         def produce(j):
@@ -128,20 +136,17 @@ class Trainer:
             return (p.hyper_train.batch(*loader_position(p.hyper_train, k)),
                     p.hyper_val.batch(*loader_position(p.hyper_val, k)))
 
-        k = min(self.steps_per_dispatch, p.hyper_steps_per_epoch)
+        k = min(self.steps.steps_per_dispatch, p.hyper_steps_per_epoch)
         t = time.time()
         for _, n, (tb, vb, valid) in dispatches(produce, prog.hyper_done,
                                                 p.hyper_steps_per_epoch, k, self.mesh,
                                                 self.data_workers):
-            if valid is None:
-                state, m = train.hyper_step(state, tb, vb, cfg, self.mesh)
-            else:
-                state, m = train.hyper_steps(state, tb, vb, valid, cfg, self.mesh)
-                m = {**m, "valid": valid}
-            prog.advance("hyper", m, n, n * p.hyper_batch_size, time.time() - t)
+            state, m = self.steps.hyper(state, tb, vb, valid=valid)
+            prog.advance("hyper", m if valid is None else {**m, "valid": valid}, n,
+                         n * p.hyper_batch_size, time.time() - t)
             self.after_dispatch(state, prog, "hyper")
             t = time.time()
-        self._check_guard(prog, "hyper", end_of_pass=True)
+        self._check_guard(state, prog, "hyper", end_of_pass=True)
         return state
 
     def _train_produce(self, epoch: int) -> Callable[[int], Any]:
@@ -154,73 +159,68 @@ class Trainer:
         return lambda j: (p.train.batch(epoch, j),
                           p.reweight_val.batch(*loader_position(p.reweight_val, first + j)))
 
-    def _train_steps(self, state, args):
-        """The inner step(s) of one dispatch on placed ``(*batches, valid)``: one plain
-        call when valid is None (K = 1), else K scanned steps; look-ahead methods (l2rw,
-        mwn) take a (train, clean) batch pair."""
-        cfg, *batches, valid = self.step_cfg, *args
-        if self.pipes.reweight_val is None:
-            if valid is None:
-                return train.inner_step(state, *batches, cfg, self.mesh)
-            return train.inner_steps(state, *batches, valid, cfg, self.mesh)
-        if valid is None:
-            return train.reweight_step(state, *batches, cfg, self.mesh)
-        return train.reweight_steps(state, *batches, valid, cfg, self.mesh)
-
     def train_pass(self, state, epoch: int, prog: Progress, t0: float):
         """The rest of epoch `epoch`'s train pass, from step ``prog.train_done``."""
         p, c = self.pipes, self.c
-        k = min(self.steps_per_dispatch, p.steps_per_epoch)
+        k = min(self.steps.steps_per_dispatch, p.steps_per_epoch)
         t = time.time()
-        for first, n, args in dispatches(self._train_produce(epoch), prog.train_done,
-                                         p.steps_per_epoch, k, self.mesh, self.data_workers):
-            state, m = self._train_steps(state, args)
-            if args[-1] is not None:
-                m = {**m, "valid": args[-1]}
-            prog.advance("train", m, n, n * c.batch_size, time.time() - t)
+        for first, n, (*batches, valid) in dispatches(self._train_produce(epoch),
+                                                      prog.train_done, p.steps_per_epoch, k,
+                                                      self.mesh, self.data_workers):
+            state, m = self.steps.train(state, *batches, valid=valid)
+            prog.advance("train", m if valid is None else {**m, "valid": valid}, n,
+                         n * c.batch_size, time.time() - t)
             self.after_dispatch(state, prog, "train")
             done = first + n
             if c.log_every and done // c.log_every > first // c.log_every and \
                     done < p.steps_per_epoch:
-                self._progress(epoch, done, prog.pass_sums("train").means("train_"), prog, t0)
+                self._progress(state, epoch, done, prog.pass_sums("train").means("train_"),
+                               prog, t0)
             t = time.time()
-        self._check_guard(prog, "train", end_of_pass=True)
+        self._check_guard(state, prog, "train", end_of_pass=True)
         return state
 
     # ---------------------------------------------------------------- boundaries
     def after_dispatch(self, state, prog: Progress, kind: str) -> None:
         """Called after every dispatch (one or K steps) of a pass, on every process:
-        the numerical guard, periodic step checkpoints and preemption."""
+        the numerical guard, periodic step checkpoints (with --checkpoint_every_steps the
+        state's step counts are read, which waits for the dispatch) and preemption."""
         self._dispatches += 1
         if self._dispatches % FLUSH_EVERY == 0:
-            self._check_guard(prog, kind)
+            self._check_guard(state, prog, kind)
         every = self.c.checkpoint_every_steps
         if self.watch.requested(self._dispatches):
-            self.save(state, prog)
+            saved = self.save(state, prog)
             self.ckpt.wait()
-            raise Preempted(f"preempted: checkpoint step {prog.checkpoint_id()} saved (epoch "
+            raise Preempted(f"preempted: checkpoint step {saved} saved (epoch "
                             f"{prog.epoch + 1}, {prog.hyper_done} hyper and {prog.train_done} "
                             "inner steps into it); run the same command to resume")
-        if every and prog.checkpoint_id() // every > self._last_saved // every:
+        if every and sum(step_counts(state).values()) // every > self._last_saved // every:
             self.save(state, prog)
 
-    def _check_guard(self, prog: Progress, kind: str, end_of_pass: bool = False) -> None:
-        guard.check(prog, kind, self.c, self._last_saved, end_of_pass=end_of_pass)
+    def _check_guard(self, state, prog: Progress, kind: str, end_of_pass: bool = False) -> None:
+        guard.check(prog, kind, self.c, self._last_saved, step_counts(state)[kind],
+                    end_of_pass=end_of_pass)
 
-    def save(self, state, prog: Progress) -> None:
-        """Checkpoints the state at the current position (every process)."""
+    def save(self, state, prog: Progress) -> int:
+        """Checkpoints the state at the current position (every process); returns the
+        checkpoint's number (the steps of either kind done)."""
         prog.wall_time_s = self._wall0 + time.time() - self.t_start
-        meta = dict(prog.to_meta(), steps_per_epoch=self.pipes.steps_per_epoch,
+        counts = step_counts(state)   # in the metadata too: the checkpoint format is kept
+        meta = dict(prog.to_meta(), step=counts["train"], hyper_step=counts["hyper"],
+                    steps_per_epoch=self.pipes.steps_per_epoch,
                     hyper_steps_per_epoch=self.pipes.hyper_steps_per_epoch)
+        number = sum(counts.values())
         try:
-            self.ckpt.save(prog.checkpoint_id(), state, meta)
+            self.ckpt.save(number, state, meta)
         except NonFiniteStateError as err:
             raise Diverged(f"stopped: {err}; the newest checkpoint holds the last finite "
                            "state") from None
-        self._last_saved = prog.checkpoint_id()
+        self._last_saved = number
+        return number
 
-    def _progress(self, epoch: int, step_in_epoch: int, m: dict, prog: Progress, t0: float,
-                  extra: str = "") -> None:
+    def _progress(self, state, epoch: int, step_in_epoch: int, m: dict, prog: Progress,
+                  t0: float, extra: str = "") -> None:
         """Progress line; `epoch` is 0-based, `step_in_epoch` the steps done in it."""
         c, p = self.c, self.pipes
         elapsed = time.time() - t0
@@ -232,7 +232,8 @@ class Trainer:
         eta = left / ips if ips and math.isfinite(ips) and ips > 0 else float("nan")
         skipped = {"inner": m.get("train_skipped", 0), "hyper": m.get(
             "hyper_skipped", prog.sums["hyper"].skipped if "hyper" in prog.sums else 0)}
-        self.log(progress_line(epoch + 1, c.epochs, prog.step, m, ips, eta, extra, skipped))
+        self.log(progress_line(epoch + 1, c.epochs, step_counts(state)["train"], m, ips, eta,
+                               extra, skipped))
 
     # ---------------------------------------------------------------- loop
     def init_state(self) -> train.TrainState:
@@ -270,13 +271,14 @@ class Trainer:
         restored = self.restore(state)
         if restored is not None:
             state, prog = restored
+        counts = step_counts(state)
         writer = MetricWriter(self.workdir, resume_epoch=prog.epoch if restored else None,
-                              resume_step=prog.step + 1, enabled=self.is_main)
+                              resume_step=counts["train"] + 1, enabled=self.is_main)
         if not restored:
             writer.write_text("config", "```\n" + json.dumps(c.to_dict(), indent=1) + "\n```")
         t0 = self.t_start  # wall time counts setup and compilation too
         self._wall0, self._start_images = prog.wall_time_s, prog.train_images + prog.hyper_images
-        self._dispatches, self._last_saved = 0, prog.checkpoint_id()
+        self._dispatches, self._last_saved = 0, sum(counts.values())
         self.watch = PreemptionWatch()
         stop = c.stop_after_epoch or c.epochs
         try:
@@ -288,12 +290,12 @@ class Trainer:
                 if self.data.has_val:
                     rec.update(self.evaluate(state, "val"))
                 rec.update(self.evaluate(state, "test"))
-                rec.update(epoch=epoch + 1, step=prog.step)
+                rec.update(epoch=epoch + 1, step=step_counts(state)["train"])
                 prog.history.append(rec)
-                writer.write("epoch", prog.step, epoch + 1, {
+                writer.write("epoch", rec["step"], epoch + 1, {
                     k: v for k, v in rec.items() if k not in ("epoch", "step", "test_per_class")})
                 val = f" val {100 * rec['val_accuracy']:.1f}%" if "val_accuracy" in rec else ""
-                self._progress(epoch, self.pipes.steps_per_epoch, rec, prog, t0,
+                self._progress(state, epoch, self.pipes.steps_per_epoch, rec, prog, t0,
                                extra=f"{val} test {100 * rec['test_accuracy']:.1f}%")
                 if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 in (c.epochs, stop):
                     self.save(state, prog)
