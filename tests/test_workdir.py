@@ -105,3 +105,29 @@ def test_corrupt_split_file(tmp_path):
     with pytest.raises(ValueError, match="corrupt or not a split file.*delete it"):
         workdir_lib.load_split(str(tmp_path), DistortionConfig(), _source())
     assert path.read_bytes() == b"not a zip file"
+
+
+def _finished_run(path, accuracy, weight, wall):
+    path = str(path)
+    os.makedirs(path)
+    workdir_lib.write_json(os.path.join(path, workdir_lib.SUMMARY_FILE),
+                       {"test_accuracy_final": accuracy, "wall_time_s": wall, "workdir": path})
+    workdir_lib.save_final_table(path, {"weight": np.asarray(weight, np.float32)})
+    with open(os.path.join(path, workdir_lib.METRICS_FILE), "w") as f:
+        f.write(json.dumps({"kind": "epoch", "epoch": 1, "loss": 0.5, "pass_time_s": wall}) + "\n")
+    return path
+
+
+def test_compare_runs_ignores_times_and_names_what_differs(tmp_path, capsys):
+    from experiments import compare_runs
+    a = _finished_run(tmp_path / "a", 0.9, [1.0, 2.0], wall=10.0)
+    b = _finished_run(tmp_path / "b", 0.9, [1.0, 2.0], wall=99.0)  # only times differ
+    c = _finished_run(tmp_path / "c", 0.8, [1.0, 2.5], wall=10.0)
+    assert compare_runs.main([a, b]) == 0 and "same" in capsys.readouterr().out
+    assert compare_runs.main([a, b, a, c]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("same")
+    assert "summary test_accuracy_final: 0.9 != 0.8" in out[1] and "table weight" in out[1]
+    assert compare_runs.main([a]) == 2
+    assert compare_runs.main([a, str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().err
