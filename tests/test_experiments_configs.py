@@ -1,6 +1,7 @@
 """experiments/configs: every paper setting loads, validates and holds the paper's settings;
 ``--config`` files with ``--config.<field>`` overrides and plain flags on the command line
 (precedence, one-line errors); each setting runs a tiny smoke on the TFDS mock."""
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -173,9 +174,12 @@ def shallow_zoo(monkeypatch):
     from autodo_jax import models
     from autodo_jax.models.resnet import ResNetEncoder
     from autodo_jax.models.wrn import WideResNetEncoder
-    monkeypatch.setitem(models._ENCODERS, "wrn28_2",
-                        lambda dtype: WideResNetEncoder(depth=10, widen=2, dtype=dtype))
-    monkeypatch.setitem(models._ENCODERS, "resnet18", lambda dtype: ResNetEncoder(
+    def shallow(name, encoder):
+        entry = models._ENCODERS[name]
+        monkeypatch.setitem(models._ENCODERS, name, dataclasses.replace(entry, encoder=encoder))
+
+    shallow("wrn28_2", lambda dtype: WideResNetEncoder(depth=10, widen=2, dtype=dtype))
+    shallow("resnet18", lambda dtype: ResNetEncoder(
         (64, 128, 256, 512), (1, 2, 2, 2), blocks_per_stage=1, stem_width=64, stem_kernel=7,
         dtype=dtype))
 
