@@ -56,10 +56,7 @@ def load_run(workdir: str) -> dict[str, Any]:
     path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     config = cfg_lib.from_dict(workdir_lib.read_json(path))
     data = run_setup.load_data(config)
-    mesh = parallel.make_mesh(config.num_devices or None)  # the run's device count
-    pipes = pipes_lib.build_pipes(config, data, mesh)
-    step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
-                                   pipes.hyper_steps_per_epoch)
+    mesh, pipes, step_cfg = pipes_lib.build_run(config, data)  # as the trainer built it
     run = trainer.Trainer(config, workdir, data, mesh, pipes, step_cfg, log=lambda m: None)
     restored = run.ckpt.restore_latest(run.init_state(), num_rows=len(data.train_index))
     run.ckpt.close()

@@ -106,6 +106,17 @@ def build_pipes(config: cfg_lib.Config, data: run_setup.Data, mesh) -> Pipes:
     return Pipes(train, spe, hyper_train, hyper_val, hspe, eval_tf, reweight_val, hb)
 
 
+def build_run(config: cfg_lib.Config, data: run_setup.Data) -> tuple[Any, Pipes, Any]:
+    """What a run is built from besides its data, the same for the trainer and the probe:
+    ``(mesh, pipes, step_cfg)``: the mesh of ``config.num_devices`` devices (all when 0),
+    this process's loaders on it, and the library's ``StepConfig`` for their step counts."""
+    mesh = parallel.make_mesh(config.num_devices or None)
+    pipes = build_pipes(config, data, mesh)
+    step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
+                                   pipes.hyper_steps_per_epoch)
+    return mesh, pipes, step_cfg
+
+
 def loader_position(loader: pipeline.BatchLoader, k: int) -> tuple[int, int]:
     """The k-th batch of an endless sequence of the loader's epochs."""
     spe = loader.steps_per_epoch

@@ -58,7 +58,7 @@ from experiments.checkpointing import (Checkpointer, CheckpointMismatchError,
 from experiments.metric_writer import MetricWriter
 from experiments.preemption import Preempted, PreemptionWatch
 from experiments.progress import Diverged, Progress, progress_line, step_counts
-from experiments.pipes import (Pipes, build_pipes, default_data_workers,
+from experiments.pipes import (Pipes, build_run, default_data_workers,
                                default_steps_per_dispatch, derive_seed, dispatches,
                                loader_position)
 from experiments.run_setup import ConfigError  # noqa: F401  (re-exported for train.py)
@@ -380,10 +380,7 @@ def train_and_evaluate(config: cfg_lib.Config, workdir: str,
     t_start = time.time()
     log = log or (lambda m: print(m, flush=True) if jax.process_index() == 0 else None)
     data = run_setup.prepare(config, workdir)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    pipes = build_pipes(config, data, mesh)
-    step_cfg = cfg_lib.step_config(config, int(data.source.num_classes), pipes.steps_per_epoch,
-                                   pipes.hyper_steps_per_epoch)
+    mesh, pipes, step_cfg = build_run(config, data)
     memory_check.check(config, data, mesh, pipes, step_cfg)   # still nothing written
     for key, note in data.source.notes().items():
         if isinstance(note, str):
